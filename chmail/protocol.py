@@ -1,0 +1,456 @@
+"""The CH wire protocol, sans I/O (in the manner of h11).
+
+Rules (docs/protocol.md is the normative text; this module follows it):
+
+* A frame is a 4-byte big-endian unsigned length, then that many bytes holding one
+  msgpack map with a string key ``t`` naming the message type.
+* A frame longer than the limit (default 64 KiB) is refused as soon as its length
+  prefix is read: the decoder never buffers more than one limit's worth of bytes.
+* The first frame in each direction is ``hello`` with the protocol version. A peer
+  with another major version is refused with an ``error`` naming both versions.
+* Requests carry an integer ``id``; replies (including ``error``) echo it. Pushes carry
+  no ``id``.
+* Until the server has accepted an ``auth`` (control link) or a ``join`` (chat session),
+  a client may send only ``hello``, ``auth``/``join``, ``ping``, ``pong`` and ``bye``.
+* An unknown ``t`` is not fatal: it surfaces as :class:`Unknown` so the server can
+  answer ``error`` (code ``unknown_type``) and carry on.
+
+Use :class:`Connection`: ``receive_data(bytes)`` then ``next_event()`` until it
+returns ``None``; ``send(message) -> bytes`` to write. It raises
+:class:`~chmail.errors.RemoteProtocolError` when the peer breaks a rule (answer with
+``error`` and close) and :class:`~chmail.errors.LocalProtocolError` when we would.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import struct
+import types
+import typing
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import msgpack
+
+from chmail.errors import FrameTooLarge, LocalProtocolError, RemoteProtocolError
+
+PROTOCOL_VERSION = 1
+DEFAULT_MAX_FRAME = 64 * 1024
+LENGTH = struct.Struct(">I")
+MAX_ID = 2**53  # ids stay exact in every client language (JSON/JS numbers)
+
+# Error codes carried by ``error`` frames (docs/protocol.md lists their meaning).
+E_BAD_FRAME = "bad_frame"
+E_FRAME_TOO_LARGE = "frame_too_large"
+E_VERSION = "version"
+E_UNKNOWN_TYPE = "unknown_type"
+E_NOT_AUTHENTICATED = "not_authenticated"
+E_AUTH_FAILED = "auth_failed"
+E_INVALID = "invalid"
+E_RATE_LIMITED = "rate_limited"
+E_INTERNAL = "internal"
+E_TIMEOUT = "timeout"
+E_NO_PORTS = "no_ports"
+E_LINK_FORGED = "link_forged"
+E_LINK_ALTERED = "link_altered"
+E_LINK_EXPIRED = "link_expired"
+E_LINK_RECYCLED = "link_recycled"
+E_LINK_UNKNOWN = "link_unknown"
+E_NOT_RECIPIENT = "not_recipient"
+E_NOT_FOUND = "not_found"
+E_LIMIT = "limit"
+
+
+# ----------------------------------------------------------------------------- messages
+
+
+@dataclass(frozen=True)
+class Message:
+    """Base of every message. ``t`` is the wire type name."""
+
+    t: ClassVar[str] = ""
+    # Which side may send it: "c" client, "s" server, "cs" both.
+    sender: ClassVar[str] = "cs"
+    # May a client send it before it is authenticated?
+    pre_auth: ClassVar[bool] = False
+
+    def to_wire(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"t": self.t}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if value is not None:
+                out[f.name] = value
+        return out
+
+
+REGISTRY: dict[str, type[Message]] = {}
+
+
+def message(t: str, *, sender: str = "cs", pre_auth: bool = False) -> Any:
+    """Class decorator: register a frozen dataclass as wire type ``t``."""
+
+    def wrap(cls: type[Message]) -> type[Message]:
+        cls = dataclass(frozen=True)(cls)
+        cls.t = t
+        cls.sender = sender
+        cls.pre_auth = pre_auth
+        if t in REGISTRY:
+            raise RuntimeError(f"duplicate message type {t!r}")
+        REGISTRY[t] = cls
+        return cls
+
+    return wrap
+
+
+# -- both directions
+
+
+@message("hello", pre_auth=True)
+class Hello(Message):
+    version: int = PROTOCOL_VERSION
+    agent: str = ""
+
+
+@message("ping", pre_auth=True)
+class Ping(Message):
+    """Heartbeat. The receiver answers ``pong`` with the same ``n``."""
+
+    n: int = 0
+
+
+@message("pong", pre_auth=True)
+class Pong(Message):
+    n: int = 0
+
+
+@message("error", pre_auth=True)
+class Error(Message):
+    """A refusal. ``id`` echoes the request it answers; absent for connection errors."""
+
+    code: str = E_INTERNAL
+    message: str = ""
+    id: int | None = None
+
+
+@message("bye", pre_auth=True)
+class Bye(Message):
+    """Clean close: the sender will close the connection after this frame."""
+
+    reason: str = ""
+
+
+@message("ok", sender="s", pre_auth=True)
+class Ok(Message):
+    """Generic success reply to a request that returns nothing else."""
+
+    id: int = 0
+
+
+# -- control link: client -> server
+
+
+@message("auth", sender="c", pre_auth=True)
+class Auth(Message):
+    """Log in. ``host`` is the name the client advertises for itself (table 1)."""
+
+    id: int = 0
+    login: str = ""
+    password: str = field(default="", repr=False)
+    host: str = ""
+    direct: bool = False
+
+
+@message("alloc", sender="c")
+class Alloc(Message):
+    """S103: lease a chat port for an outgoing mail to ``recipients``.
+
+    ``thread`` lists the Message-IDs the mail replies to (In-Reply-To, References) so a
+    reply in the same thread reuses the thread's live lease.
+    """
+
+    id: int = 0
+    message_id: str = ""
+    recipients: list[str] = field(default_factory=list)
+    thread: list[str] = field(default_factory=list)
+    context: str = ""  # X-CH-Context value for campaign mail ("" for none)
+
+
+@message("presence", sender="c")
+class Presence(Message):
+    id: int = 0
+    logins: list[str] = field(default_factory=list)
+
+
+# -- control link: server -> client
+
+
+@message("auth_ok", sender="s", pre_auth=True)
+class AuthOk(Message):
+    id: int = 0
+    login: str = ""
+    observed_ip: str = ""
+    heartbeat: float = 15.0  # seconds between pings the server expects
+    timeout: float = 45.0  # silence after which the server drops the link
+    alarms: int = 0  # alarms waiting for this user (S117)
+
+
+@message("allocated", sender="s")
+class Allocated(Message):
+    """The lease: everything the client needs to stamp the X-CH headers."""
+
+    id: int = 0
+    login: str = ""
+    port: int = 0
+    host: str = ""
+    lease: int = 0
+    expires: int = 0  # unix seconds
+    sig: str = ""  # the X-CH-Sig value, ready to stamp
+    context: str = ""
+
+
+@message("presence_ok", sender="s")
+class PresenceOk(Message):
+    id: int = 0
+    online: dict[str, bool] = field(default_factory=dict)
+
+
+# ----------------------------------------------------------------------------- decoding
+
+
+class Unknown(Message):
+    """A frame of a type this side does not know. Not registered; never sent."""
+
+    def __init__(self, type_name: str, id: int | None, data: dict[str, Any]) -> None:
+        object.__setattr__(self, "type_name", type_name)
+        object.__setattr__(self, "id", id)
+        object.__setattr__(self, "data", data)
+
+    type_name: str
+    id: int | None
+    data: dict[str, Any]
+
+    def __repr__(self) -> str:
+        return f"Unknown(type_name={self.type_name!r}, id={self.id!r})"
+
+
+_HINTS: dict[type[Message], dict[str, Any]] = {}
+
+
+def _hints(cls: type[Message]) -> dict[str, Any]:
+    hints = _HINTS.get(cls)
+    if hints is None:
+        all_hints = typing.get_type_hints(cls)
+        hints = {f.name: all_hints[f.name] for f in dataclasses.fields(cls)}
+        _HINTS[cls] = hints
+    return hints
+
+
+def _check(value: Any, hint: Any) -> bool:
+    origin = typing.get_origin(hint)
+    if hint is Any:
+        return True
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool) and abs(value) <= MAX_ID
+    if hint is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    if origin is list:
+        (item,) = typing.get_args(hint)
+        return isinstance(value, list) and all(_check(v, item) for v in value)
+    if origin is dict:
+        kt, vt = typing.get_args(hint)
+        return isinstance(value, dict) and all(
+            _check(k, kt) and _check(v, vt) for k, v in value.items()
+        )
+    if origin in (typing.Union, types.UnionType):
+        return any(_check(value, a) for a in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    return False
+
+
+def from_wire(obj: Any) -> Message:
+    """Turn one decoded msgpack object into a typed message (or :class:`Unknown`)."""
+    if not isinstance(obj, dict):
+        raise RemoteProtocolError("a frame must hold a msgpack map")
+    t = obj.get("t")
+    if not isinstance(t, str):
+        raise RemoteProtocolError("a frame's map must have a string key 't'")
+    raw_id = obj.get("id")
+    req_id = raw_id if isinstance(raw_id, int) and not isinstance(raw_id, bool) else None
+    cls = REGISTRY.get(t)
+    if cls is None:
+        return Unknown(t, req_id, obj)
+    kwargs: dict[str, Any] = {}
+    for name, hint in _hints(cls).items():
+        if name not in obj:
+            continue  # defaults fill the gaps; required-ness is the handler's concern
+        value = obj[name]
+        if not _check(value, hint):
+            raise RemoteProtocolError(f"field {name!r} of {t!r} has the wrong type", code=E_INVALID)
+        kwargs[name] = float(value) if hint is float else value
+    return cls(**kwargs)
+
+
+def encode(msg: Message, *, max_frame: int = DEFAULT_MAX_FRAME) -> bytes:
+    """One message to one frame (length prefix + msgpack)."""
+    body: bytes = msgpack.packb(msg.to_wire(), use_bin_type=True)
+    if len(body) > max_frame:
+        raise LocalProtocolError(f"{msg.t} frame of {len(body)} bytes exceeds {max_frame}")
+    return LENGTH.pack(len(body)) + body
+
+
+class FrameDecoder:
+    """Reassembles frames from a byte stream; never holds more than one frame's bytes."""
+
+    def __init__(self, max_frame: int = DEFAULT_MAX_FRAME) -> None:
+        self.max_frame = max_frame
+        self._buf = bytearray()
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buf)
+
+    def feed(self, data: bytes) -> Iterator[bytes]:
+        """Add ``data``; yield each complete frame body. Raises FrameTooLarge early."""
+        self._buf += data
+        while True:
+            if len(self._buf) < LENGTH.size:
+                return
+            (n,) = LENGTH.unpack_from(self._buf)
+            if n > self.max_frame:
+                self._buf.clear()
+                raise FrameTooLarge(f"frame of {n} bytes exceeds the limit of {self.max_frame}")
+            if len(self._buf) < LENGTH.size + n:
+                return
+            body = bytes(self._buf[LENGTH.size : LENGTH.size + n])
+            del self._buf[: LENGTH.size + n]
+            yield body
+
+
+def decode_body(body: bytes) -> Message:
+    """One frame body to a message. The body's size was already capped by the decoder."""
+    try:
+        obj = msgpack.unpackb(
+            body,
+            raw=False,
+            strict_map_key=True,
+            use_list=True,
+        )
+    except Exception as exc:  # msgpack raises several unrelated types on garbage
+        raise RemoteProtocolError(f"frame is not valid msgpack ({type(exc).__name__})") from None
+    return from_wire(obj)
+
+
+# ----------------------------------------------------------------------------- connection
+
+
+class Role(enum.Enum):
+    CLIENT = "client"
+    SERVER = "server"
+
+
+class State(enum.Enum):
+    AWAIT_HELLO = "await_hello"  # the peer's hello has not arrived yet
+    OPEN = "open"  # hellos exchanged, not authenticated
+    AUTHENTICATED = "authenticated"
+    CLOSED = "closed"
+
+
+# Messages whose sending (server) / receipt (client) marks the link authenticated.
+AUTH_REPLIES: set[str] = {"auth_ok"}
+
+
+class Connection:
+    """One side of a CH connection: bytes in, typed events out; events in, bytes out."""
+
+    def __init__(self, role: Role, *, max_frame: int = DEFAULT_MAX_FRAME) -> None:
+        self.role = role
+        self.max_frame = max_frame
+        self.state = State.AWAIT_HELLO
+        self.peer_version: int | None = None
+        self._decoder = FrameDecoder(max_frame)
+        self._events: list[Message] = []
+        self._hello_sent = False
+
+    @property
+    def authenticated(self) -> bool:
+        return self.state is State.AUTHENTICATED
+
+    def receive_data(self, data: bytes) -> None:
+        """Feed bytes from the peer. Raises RemoteProtocolError on a broken frame."""
+        if self.state is State.CLOSED:
+            return
+        try:
+            for body in self._decoder.feed(data):
+                self._events.append(self._accept(decode_body(body)))
+        except RemoteProtocolError:
+            self.state = State.CLOSED
+            raise
+
+    def next_event(self) -> Message | None:
+        """The next message received, or None when more data is needed."""
+        return self._events.pop(0) if self._events else None
+
+    def events(self) -> Iterator[Message]:
+        while self._events:
+            yield self._events.pop(0)
+
+    def _accept(self, msg: Message) -> Message:
+        if self.state is State.AWAIT_HELLO:
+            if not isinstance(msg, Hello):
+                raise RemoteProtocolError(f"expected hello first, got {_name(msg)!r}")
+            if msg.version != PROTOCOL_VERSION:
+                raise RemoteProtocolError(
+                    f"protocol version {msg.version} is not supported; this side speaks "
+                    f"version {PROTOCOL_VERSION}",
+                    code=E_VERSION,
+                )
+            self.peer_version = msg.version
+            self.state = State.OPEN
+            return msg
+        if isinstance(msg, Unknown):
+            return msg
+        peer = "s" if self.role is Role.CLIENT else "c"
+        if peer not in msg.sender:
+            raise RemoteProtocolError(f"{msg.t!r} may not be sent by the {_side(peer)}")
+        if self.role is Role.SERVER and self.state is State.OPEN and not msg.pre_auth:
+            raise RemoteProtocolError(f"{msg.t!r} before authentication", code=E_NOT_AUTHENTICATED)
+        if self.role is Role.CLIENT and msg.t in AUTH_REPLIES:
+            self.state = State.AUTHENTICATED
+        return msg
+
+    def send(self, msg: Message) -> bytes:
+        """Bytes to write for ``msg``. Raises LocalProtocolError if we break a rule."""
+        if self.state is State.CLOSED:
+            raise LocalProtocolError("connection is closed")
+        if not self._hello_sent:
+            if not isinstance(msg, Hello):
+                raise LocalProtocolError("the first frame must be hello")
+            self._hello_sent = True
+        me = "c" if self.role is Role.CLIENT else "s"
+        if me not in msg.sender:
+            raise LocalProtocolError(f"{msg.t!r} may not be sent by the {_side(me)}")
+        if self.role is Role.SERVER and msg.t in AUTH_REPLIES:
+            self.state = State.AUTHENTICATED
+        if isinstance(msg, Bye):
+            data = encode(msg, max_frame=self.max_frame)
+            self.state = State.CLOSED
+            return data
+        return encode(msg, max_frame=self.max_frame)
+
+    def close(self) -> None:
+        self.state = State.CLOSED
+
+
+def _name(msg: Message) -> str:
+    return msg.type_name if isinstance(msg, Unknown) else msg.t
+
+
+def _side(s: str) -> str:
+    return "client" if s == "c" else "server"
