@@ -256,7 +256,7 @@ def build(cls: type[T], data: Any, *, where: str, prefix: str = "") -> T:
         if key not in fields or key == "path":
             known = ", ".join(n for n in fields if n != "path")
             raise ConfigError(
-                f"{where}: unknown setting {prefix}{key!r}. Known settings here: {known}."
+                f"{where}: unknown setting '{prefix}{key}'. Known settings here: {known}."
             )
         kwargs[key] = _convert(hints[key], value, where=where, name=f"{prefix}{key}")
     return cls(**kwargs)
