@@ -1,0 +1,515 @@
+"""The local mailbox cache (SQLite via aiosqlite): folders, messages, threads, bodies.
+
+Rules:
+
+* Headers and flags are cached at sync; bodies only when a message is opened
+  (``set_body``), then kept.
+* ``count()`` and unread counts are O(1): triggers keep them in ``folders``.
+  ``page()`` walks one index per sort order and reads only ``limit`` rows, so a folder of
+  100,000 messages opens as fast as one of 100 (the TUI virtualises its rows).
+* Threads follow References / In-Reply-To: every Message-ID seen maps to a thread, and
+  two threads that turn out to be one are merged.
+* All SQL of the client lives here and in ``cache_*.py``. Writes are serialised by one
+  lock so two tasks never share a transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from chmail import config, migrate
+from chmail.client import cache_search
+from chmail.client.cache_models import (
+    SEEN,
+    SORTS,
+    Address,
+    Folder,
+    Message,
+    NewMessage,
+    PendingOp,
+)
+from chmail.errors import StoreError
+
+__all__ = ["Address", "Cache", "Folder", "Message", "NewMessage", "PendingOp", "default_path"]
+
+_FOLDER_COLS = (
+    "id, account, name, delimiter, special_use, uidvalidity, uidnext, highestmodseq, total, unread"
+)
+_MSG_COLS = (
+    "m.id, f.account, m.folder_id, f.name, m.uid, m.uidvalidity, m.message_id, m.in_reply_to,"
+    " m.refs, m.thread_id, m.from_name, m.from_addr, m.to_addrs, m.cc_addrs, m.subject, m.date,"
+    " m.flags, m.size, m.has_ch, m.ch_headers, m.body_text IS NOT NULL, m.attachments"
+)
+_CHUNK = 500  # host parameters per IN (...) list, well under SQLite's 32766
+
+
+def default_path() -> Path:
+    return config.data_dir() / "cache.sqlite3"
+
+
+def _folder(row: Sequence[Any]) -> Folder:
+    return Folder(*row)
+
+
+def _message(r: Sequence[Any]) -> Message:
+    ch = tuple(
+        (name, value)
+        for name, _, value in (line.partition(": ") for line in r[19].split("\n") if line)
+    )
+    return Message(
+        pk=r[0],
+        account=r[1],
+        folder_id=r[2],
+        folder=r[3],
+        uid=r[4],
+        uidvalidity=r[5],
+        message_id=r[6],
+        in_reply_to=r[7],
+        references=tuple(r[8].split()),
+        thread_id=r[9],
+        from_name=r[10],
+        from_addr=r[11],
+        to=r[12],
+        cc=r[13],
+        subject=r[14],
+        date=r[15],
+        flags=frozenset(r[16].split()),
+        size=r[17],
+        has_ch=bool(r[18]),
+        ch_headers=ch,
+        has_body=bool(r[20]),
+        attachments=r[21],
+    )
+
+
+def _flags_text(flags: Iterable[str]) -> str:
+    return " ".join(sorted({f for f in flags if f and f != "\\Recent"}))
+
+
+class Cache:
+    """One client cache database. Open with ``await Cache.open(path)``; ``await close()``."""
+
+    def __init__(self, conn: aiosqlite.Connection, path: Path) -> None:
+        self.conn = conn
+        self.path = path
+        self._write = asyncio.Lock()
+
+    @classmethod
+    async def open(cls, path: str | Path | None = None) -> Cache:
+        p = Path(path) if path else default_path()
+        p.parent.mkdir(parents=True, exist_ok=True)
+        conn = await migrate.connect(p, "client")
+        return cls(conn, p)
+
+    async def close(self) -> None:
+        await self.conn.close()
+
+    async def __aenter__(self) -> Cache:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
+        """One write transaction (serialised with every other write)."""
+        async with self._write:
+            try:
+                yield self.conn
+                await self.conn.commit()
+            except sqlite3.Error as exc:
+                await self.conn.rollback()
+                raise StoreError(
+                    f"The mail cache {self.path} could not be written: {exc}."
+                ) from exc
+            except BaseException:
+                await self.conn.rollback()
+                raise
+
+    async def _all(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        try:
+            async with self.conn.execute(sql, params) as cur:
+                return list(await cur.fetchall())
+        except sqlite3.Error as exc:
+            raise StoreError(f"The mail cache {self.path} could not be read: {exc}.") from exc
+
+    # ------------------------------------------------------------------ folders
+
+    async def upsert_folder(
+        self, account: str, name: str, *, delimiter: str = "/", special_use: str = ""
+    ) -> Folder:
+        async with self.transaction() as db:
+            await db.execute(
+                "INSERT INTO folders (account, name, delimiter, special_use) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT (account, name) DO UPDATE SET delimiter = excluded.delimiter,"
+                " special_use = excluded.special_use",
+                (account, name, delimiter, special_use),
+            )
+        found = await self.folder_by_name(account, name)
+        assert found is not None
+        return found
+
+    async def folders(self, account: str | None = None) -> list[Folder]:
+        """Folders (INBOX first, then special-use ones, then by name), with counts."""
+        where, params = ("WHERE account = ?", (account,)) if account else ("", ())
+        rows = await self._all(
+            f"SELECT {_FOLDER_COLS} FROM folders {where} ORDER BY account,"  # noqa: S608
+            " CASE special_use WHEN 'inbox' THEN 0 WHEN '' THEN 2 ELSE 1 END, name",
+            params,
+        )
+        return [_folder(r) for r in rows]
+
+    async def folder(self, folder_id: int) -> Folder | None:
+        rows = await self._all(f"SELECT {_FOLDER_COLS} FROM folders WHERE id = ?", (folder_id,))  # noqa: S608
+        return _folder(rows[0]) if rows else None
+
+    async def folder_by_name(self, account: str, name: str) -> Folder | None:
+        rows = await self._all(
+            f"SELECT {_FOLDER_COLS} FROM folders WHERE account = ? AND name = ?",  # noqa: S608
+            (account, name),
+        )
+        return _folder(rows[0]) if rows else None
+
+    async def folder_by_use(self, account: str, special_use: str) -> Folder | None:
+        rows = await self._all(
+            f"SELECT {_FOLDER_COLS} FROM folders WHERE account = ? AND special_use = ?"  # noqa: S608
+            " ORDER BY id LIMIT 1",
+            (account, special_use),
+        )
+        return _folder(rows[0]) if rows else None
+
+    async def set_folder_state(
+        self, folder_id: int, *, uidvalidity: int, uidnext: int = 0, highestmodseq: int = 0
+    ) -> None:
+        async with self.transaction() as db:
+            await db.execute(
+                "UPDATE folders SET uidvalidity = ?, uidnext = ?, highestmodseq = ?,"
+                " synced_at = ? WHERE id = ?",
+                (uidvalidity, uidnext, highestmodseq, time.time(), folder_id),
+            )
+
+    async def reset_folder(self, folder_id: int, uidvalidity: int) -> None:
+        """UIDVALIDITY changed: every cached UID of the folder is void; start again."""
+        async with self.transaction() as db:
+            await db.execute("DELETE FROM messages WHERE folder_id = ?", (folder_id,))
+            await db.execute(
+                "UPDATE folders SET uidvalidity = ?, uidnext = 0, highestmodseq = 0,"
+                " total = 0, unread = 0 WHERE id = ?",
+                (uidvalidity, folder_id),
+            )
+
+    async def delete_folder(self, folder_id: int) -> None:
+        async with self.transaction() as db:
+            await db.execute("DELETE FROM folders WHERE id = ?", (folder_id,))
+
+    # ------------------------------------------------------------------ messages in
+
+    async def add_messages(
+        self, folder_id: int, msgs: Sequence[NewMessage], *, uidvalidity: int = 0
+    ) -> int:
+        """Insert (or refresh the flags of) messages by UID; returns how many were given."""
+        if not msgs:
+            return 0
+        async with self.transaction() as db:
+            tids = await self._thread_ids(db, msgs)
+            rows = []
+            for m, tid in zip(msgs, tids, strict=True):
+                flags = _flags_text(m.flags)
+                ch = "".join(f"{n}: {v}\n" for n, v in m.ch_headers)
+                rows.append(
+                    (
+                        folder_id,
+                        m.uid,
+                        uidvalidity,
+                        m.message_id,
+                        m.in_reply_to,
+                        " ".join(m.references),
+                        tid,
+                        m.from_name,
+                        m.from_addr,
+                        m.to,
+                        m.cc,
+                        m.subject,
+                        m.date,
+                        flags,
+                        int(SEEN in m.flags),
+                        m.size,
+                        int(bool(m.ch_headers)),
+                        ch,
+                        (m.from_name or m.from_addr).casefold(),
+                        cache_search.subject_key(m.subject),
+                    )
+                )
+            await db.executemany(
+                "INSERT INTO messages (folder_id, uid, uidvalidity, message_id, in_reply_to,"
+                " refs, thread_id, from_name, from_addr, to_addrs, cc_addrs, subject, date,"
+                " flags, seen, size, has_ch, ch_headers, sort_from, sort_subject)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+                " ON CONFLICT (folder_id, uid) DO UPDATE SET flags = excluded.flags,"
+                " seen = excluded.seen",
+                rows,
+            )
+            await cache_search.note_addresses(db, msgs)
+        return len(msgs)
+
+    async def _thread_ids(self, db: aiosqlite.Connection, msgs: Sequence[NewMessage]) -> list[int]:
+        keys_of = [[k for k in (m.message_id, *m.references, m.in_reply_to) if k] for m in msgs]
+        wanted = list({k for keys in keys_of for k in keys})
+        known: dict[str, int] = {}
+        for i in range(0, len(wanted), _CHUNK):
+            part = wanted[i : i + _CHUNK]
+            marks = ",".join("?" * len(part))
+            async with db.execute(
+                f"SELECT message_id, thread_id FROM thread_ids WHERE message_id IN ({marks})",  # noqa: S608
+                part,
+            ) as cur:
+                known.update({r[0]: r[1] for r in await cur.fetchall()})
+        async with db.execute("SELECT coalesce(max(id), 0) FROM threads") as cur:
+            row = await cur.fetchone()
+        next_id = (row[0] if row else 0) + 1
+        new_threads: list[tuple[int, str]] = []
+        merges: list[tuple[int, int]] = []
+        changed: dict[str, int] = {}
+        out: list[int] = []
+        for m, keys in zip(msgs, keys_of, strict=True):
+            found = {known[k] for k in keys if k in known}
+            if not found:
+                tid = next_id
+                next_id += 1
+                new_threads.append((tid, m.subject))
+            else:
+                tid = min(found)
+                for other in found - {tid}:
+                    merges.append((tid, other))
+                    for k, v in known.items():
+                        if v == other:
+                            known[k] = changed[k] = tid
+            for k in keys:
+                if known.get(k) != tid:
+                    known[k] = changed[k] = tid
+            out.append(tid)
+        await db.executemany("INSERT INTO threads (id, subject) VALUES (?, ?)", new_threads)
+        for tid, other in merges:
+            await db.execute("UPDATE messages SET thread_id = ? WHERE thread_id = ?", (tid, other))
+            await db.execute(
+                "UPDATE thread_ids SET thread_id = ? WHERE thread_id = ?", (tid, other)
+            )
+        await db.executemany(
+            "INSERT OR REPLACE INTO thread_ids (message_id, thread_id) VALUES (?, ?)",
+            list(changed.items()),
+        )
+        # Rows of this batch that a merge re-pointed must use the surviving id.
+        return [
+            known.get(keys[0], tid) if keys else tid for keys, tid in zip(keys_of, out, strict=True)
+        ]
+
+    async def update_flags(self, folder_id: int, flags_by_uid: dict[int, Iterable[str]]) -> None:
+        """Server-side flag changes (from a flag sync) into the cache."""
+        rows = []
+        for uid, flags in flags_by_uid.items():
+            text = _flags_text(flags)
+            rows.append((text, int(SEEN in text.split()), folder_id, uid))
+        async with self.transaction() as db:
+            await db.executemany(
+                "UPDATE messages SET flags = ?, seen = ? WHERE folder_id = ? AND uid = ?", rows
+            )
+
+    async def remove_uids(self, folder_id: int, uids: Iterable[int]) -> None:
+        """Messages gone from the server (expunged)."""
+        async with self.transaction() as db:
+            await db.executemany(
+                "DELETE FROM messages WHERE folder_id = ? AND uid = ?",
+                [(folder_id, u) for u in uids],
+            )
+
+    async def set_body(self, pk: int, raw: bytes, text: str, attachments: int = 0) -> None:
+        """Cache a fetched body: raw source plus its text (which joins the search index)."""
+        async with self.transaction() as db:
+            await db.execute(
+                "INSERT OR REPLACE INTO bodies (message_pk, raw) VALUES (?, ?)", (pk, raw)
+            )
+            await db.execute(
+                "UPDATE messages SET body_text = ?, attachments = ? WHERE id = ?",
+                (text, attachments, pk),
+            )
+
+    # ------------------------------------------------------------------ local changes
+
+    async def set_flags(self, pk: int, flags: Iterable[str]) -> None:
+        """Replace a message's flags in the cache (the sync pushes them; see queue_op)."""
+        text = _flags_text(flags)
+        async with self.transaction() as db:
+            await db.execute(
+                "UPDATE messages SET flags = ?, seen = ? WHERE id = ?",
+                (text, int(SEEN in text.split()), pk),
+            )
+
+    async def move(self, pk: int, folder_id: int, new_uid: int | None = None) -> None:
+        """Move in the cache: with the destination UID (UIDPLUS) the row moves; without it
+        the row goes and the next sync of the destination brings the message back."""
+        async with self.transaction() as db:
+            if new_uid is None:
+                await db.execute("DELETE FROM messages WHERE id = ?", (pk,))
+            else:
+                await db.execute(
+                    "DELETE FROM messages WHERE folder_id = ? AND uid = ?", (folder_id, new_uid)
+                )
+                await db.execute(
+                    "UPDATE messages SET folder_id = ?, uid = ? WHERE id = ?",
+                    (folder_id, new_uid, pk),
+                )
+
+    async def delete(self, pk: int) -> None:
+        async with self.transaction() as db:
+            await db.execute("DELETE FROM messages WHERE id = ?", (pk,))
+
+    async def queue_op(self, account: str, kind: str, folder: str, uid: int, arg: str = "") -> None:
+        async with self.transaction() as db:
+            await db.execute(
+                "INSERT INTO pending_ops (account, kind, folder, uid, arg, created)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (account, kind, folder, uid, arg, time.time()),
+            )
+
+    async def pending_ops(self, account: str) -> list[PendingOp]:
+        rows = await self._all(
+            "SELECT id, account, kind, folder, uid, arg FROM pending_ops WHERE account = ?"
+            " ORDER BY id",
+            (account,),
+        )
+        return [PendingOp(*r) for r in rows]
+
+    async def done_op(self, op_id: int) -> None:
+        async with self.transaction() as db:
+            await db.execute("DELETE FROM pending_ops WHERE id = ?", (op_id,))
+
+    # ------------------------------------------------------------------ messages out
+
+    async def count(self, folder_id: int) -> int:
+        rows = await self._all("SELECT total FROM folders WHERE id = ?", (folder_id,))
+        return int(rows[0][0]) if rows else 0
+
+    async def unread(self, folder_id: int) -> int:
+        rows = await self._all("SELECT unread FROM folders WHERE id = ?", (folder_id,))
+        return int(rows[0][0]) if rows else 0
+
+    async def page(
+        self, folder_id: int, offset: int, limit: int, sort: str = "date-desc"
+    ) -> list[Message]:
+        """Rows ``offset .. offset+limit`` of a folder in ``sort`` order (see SORTS)."""
+        order = SORTS.get(sort)
+        if order is None:
+            raise StoreError(f"Unknown sort {sort!r}; use one of {', '.join(SORTS)}.")
+        # Step 1 walks only the (covering) index; step 2 reads just the rows shown.
+        ids = await self._all(
+            f"SELECT id FROM messages WHERE folder_id = ? ORDER BY {order}"  # noqa: S608
+            " LIMIT ? OFFSET ?",
+            (folder_id, max(0, limit), max(0, offset)),
+        )
+        return await self.get_many([r[0] for r in ids])
+
+    async def get_many(self, pks: Sequence[int]) -> list[Message]:
+        """Messages by primary key, in the order given (missing ones left out)."""
+        found: dict[int, Message] = {}
+        for i in range(0, len(pks), _CHUNK):
+            part = list(pks[i : i + _CHUNK])
+            marks = ",".join("?" * len(part))
+            rows = await self._all(
+                f"SELECT {_MSG_COLS} FROM messages m JOIN folders f ON f.id = m.folder_id"  # noqa: S608
+                f" WHERE m.id IN ({marks})",
+                part,
+            )
+            found.update((r[0], _message(r)) for r in rows)
+        return [found[pk] for pk in pks if pk in found]
+
+    async def get(self, pk: int) -> Message | None:
+        got = await self.get_many([pk])
+        return got[0] if got else None
+
+    async def by_uid(self, folder_id: int, uid: int) -> Message | None:
+        rows = await self._all(
+            f"SELECT {_MSG_COLS} FROM messages m JOIN folders f ON f.id = m.folder_id"  # noqa: S608
+            " WHERE m.folder_id = ? AND m.uid = ?",
+            (folder_id, uid),
+        )
+        return _message(rows[0]) if rows else None
+
+    async def by_message_id(self, message_id: str, account: str | None = None) -> list[Message]:
+        mid = message_id if message_id.startswith("<") else f"<{message_id}>"
+        rows = await self._all(
+            f"SELECT {_MSG_COLS} FROM messages m JOIN folders f ON f.id = m.folder_id"  # noqa: S608
+            " WHERE m.message_id = ? AND (? IS NULL OR f.account = ?) ORDER BY m.id",
+            (mid, account, account),
+        )
+        return [_message(r) for r in rows]
+
+    async def thread(self, thread_id: int) -> list[Message]:
+        """Every cached message of a thread, oldest first."""
+        rows = await self._all(
+            f"SELECT {_MSG_COLS} FROM messages m JOIN folders f ON f.id = m.folder_id"  # noqa: S608
+            " WHERE m.thread_id = ? ORDER BY m.date, m.id",
+            (thread_id,),
+        )
+        return [_message(r) for r in rows]
+
+    async def body(self, pk: int) -> bytes | None:
+        """The cached raw source of a message, or None if not fetched yet."""
+        rows = await self._all("SELECT raw FROM bodies WHERE message_pk = ?", (pk,))
+        return bytes(rows[0][0]) if rows else None
+
+    async def uid_flags(self, folder_id: int) -> dict[int, frozenset[str]]:
+        """UID -> flags of every cached message of a folder (for a full flag sync)."""
+        rows = await self._all("SELECT uid, flags FROM messages WHERE folder_id = ?", (folder_id,))
+        return {r[0]: frozenset(r[1].split()) for r in rows}
+
+    async def max_uid(self, folder_id: int) -> int:
+        rows = await self._all("SELECT max(uid) FROM messages WHERE folder_id = ?", (folder_id,))
+        return int(rows[0][0] or 0) if rows else 0
+
+    # ------------------------------------------------------------------ search & completion
+
+    async def search(
+        self,
+        query: str,
+        limit: int = 50,
+        *,
+        account: str | None = None,
+        folder_id: int | None = None,
+    ) -> list[Message]:
+        """Newest first. Words match as prefixes; ``from:``, ``to:``, ``subject:``,
+        ``body:`` limit a word to a field; ``is:unread``, ``is:flagged``, ``has:chat``,
+        ``"a phrase"``."""
+        pks = await cache_search.search_ids(
+            self.conn, query, limit, account=account, folder_id=folder_id
+        )
+        return await self.get_many(pks)
+
+    async def addresses(self, prefix: str, limit: int = 10) -> list[Address]:
+        """Address completion: addresses or names starting with ``prefix``, most used first."""
+        return await cache_search.addresses(self.conn, prefix, limit)
+
+    async def note_sent(self, addrs: Iterable[tuple[str, str]]) -> None:
+        """Remember addresses the user wrote to (completion ranks them higher)."""
+        async with self.transaction() as db:
+            await cache_search.note_pairs(db, list(addrs), weight=5)
+
+    # ------------------------------------------------------------------ POP3
+
+    async def pop3_known(self, account: str) -> set[str]:
+        rows = await self._all("SELECT uidl FROM pop3_seen WHERE account = ?", (account,))
+        return {r[0] for r in rows}
+
+    async def pop3_mark(self, account: str, uidls: Iterable[str]) -> None:
+        async with self.transaction() as db:
+            await db.executemany(
+                "INSERT OR IGNORE INTO pop3_seen (account, uidl, fetched) VALUES (?, ?, ?)",
+                [(account, u, time.time()) for u in uidls],
+            )

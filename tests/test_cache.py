@@ -1,0 +1,185 @@
+"""The client cache: folders, paging, counts, flags, threads, search, completion."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from chmail.client.cache import Cache, NewMessage
+from chmail.client.cache_search import fts_query
+
+
+@pytest.fixture
+async def cache(tmp_path: Path) -> AsyncIterator[Cache]:
+    c = await Cache.open(tmp_path / "cache.sqlite3")
+    yield c
+    await c.close()
+
+
+def _msg(uid: int, **kw: object) -> NewMessage:
+    base: dict[str, object] = {
+        "uid": uid,
+        "message_id": f"<m{uid}@example.org>",
+        "from_name": f"Sender {uid % 3}",
+        "from_addr": f"s{uid % 3}@example.org",
+        "to": "me@example.org",
+        "subject": f"subject {uid}",
+        "date": 1_700_000_000 + uid,
+    }
+    base.update(kw)
+    return NewMessage(**base)  # type: ignore[arg-type]
+
+
+async def test_counts_follow_inserts_flags_and_deletes(cache: Cache) -> None:
+    """count() and unread() stay right through insert, flag change, re-sync and delete."""
+    f = await cache.upsert_folder("acc", "INBOX", special_use="inbox")
+    await cache.add_messages(
+        f.id, [_msg(i, flags=("\\Seen",) if i % 2 else ()) for i in range(1, 11)]
+    )
+    assert (await cache.count(f.id), await cache.unread(f.id)) == (10, 5)
+    await cache.update_flags(f.id, {2: ["\\Seen"]})
+    assert await cache.unread(f.id) == 4
+    await cache.add_messages(f.id, [_msg(3)])  # re-sync of a known UID refreshes flags only
+    assert (await cache.count(f.id), await cache.unread(f.id)) == (10, 5)
+    await cache.remove_uids(f.id, [1, 4])
+    assert (await cache.count(f.id), await cache.unread(f.id)) == (8, 4)
+    folders = await cache.folders("acc")
+    assert folders[0].total == 8
+
+
+async def test_page_orders_and_slices(cache: Cache) -> None:
+    """page() returns the requested slice in each sort order."""
+    f = await cache.upsert_folder("acc", "INBOX")
+    await cache.add_messages(f.id, [_msg(i) for i in range(1, 101)])
+    newest = await cache.page(f.id, 0, 10)
+    assert [m.uid for m in newest] == list(range(100, 90, -1))
+    middle = await cache.page(f.id, 50, 5, "date-asc")
+    assert [m.uid for m in middle] == [51, 52, 53, 54, 55]
+    by_size = await cache.page(f.id, 0, 3, "subject-asc")
+    assert [m.subject for m in by_size] == ["subject 1", "subject 10", "subject 100"]
+    assert await cache.page(f.id, 200, 10) == []
+
+
+async def test_page_uses_an_index(cache: Cache) -> None:
+    """Every sort order of page() is served by an index, never a full table scan."""
+    from chmail.client.cache_models import SORTS
+
+    for order in SORTS.values():
+        sql = "EXPLAIN QUERY PLAN SELECT id FROM messages WHERE folder_id = 1 ORDER BY " + order  # noqa: S608
+        async with cache.conn.execute(sql + " LIMIT 50 OFFSET 10") as cur:
+            plan = " ".join(str(r[3]) for r in await cur.fetchall())
+        assert "COVERING INDEX" in plan, (order, plan)
+        assert "TEMP B-TREE" not in plan, (order, plan)
+
+
+async def test_threads_join_by_references_in_any_order(cache: Cache) -> None:
+    """A reply arriving before its parent still ends in the same thread."""
+    f = await cache.upsert_folder("acc", "INBOX")
+    await cache.add_messages(f.id, [_msg(2, references=["<m1@example.org>"])])
+    await cache.add_messages(f.id, [_msg(5, message_id="<other@x>")])
+    await cache.add_messages(f.id, [_msg(1)])
+    await cache.add_messages(f.id, [_msg(3, in_reply_to="<m2@example.org>")])
+    rows = {m.uid: m for m in await cache.page(f.id, 0, 10)}
+    assert rows[1].thread_id == rows[2].thread_id == rows[3].thread_id
+    assert rows[5].thread_id != rows[1].thread_id
+    assert [m.uid for m in await cache.thread(rows[1].thread_id)] == [1, 2, 3]
+
+
+async def test_threads_merge_when_a_message_links_two(cache: Cache) -> None:
+    """A message that refers to two separate threads merges them."""
+    f = await cache.upsert_folder("acc", "INBOX")
+    await cache.add_messages(f.id, [_msg(1), _msg(2)])
+    await cache.add_messages(f.id, [_msg(3, references=["<m1@example.org>", "<m2@example.org>"])])
+    rows = {m.uid: m for m in await cache.page(f.id, 0, 10)}
+    assert rows[1].thread_id == rows[2].thread_id == rows[3].thread_id
+
+
+async def test_search_fields_filters_and_bodies(cache: Cache) -> None:
+    """Search matches prefixes, limits words to fields, filters, and finds cached bodies."""
+    f = await cache.upsert_folder("acc", "INBOX")
+    await cache.add_messages(
+        f.id,
+        [
+            _msg(1, subject="Invoice for March", from_addr="billing@shop.example"),
+            _msg(2, subject="Lunch?", flags=("\\Seen",)),
+            _msg(3, subject="회의 일정 안내", from_name="김민수"),
+        ],
+    )
+    assert [m.uid for m in await cache.search("invo")] == [1]
+    assert [m.uid for m in await cache.search("from:billing")] == [1]
+    assert await cache.search("subject:billing") == []
+    assert [m.uid for m in await cache.search("회의")] == [3]
+    assert [m.uid for m in await cache.search("김민수")] == [3]
+    assert [m.uid for m in await cache.search("is:unread")] == [3, 1]
+    lunch = (await cache.search("lunch"))[0]
+    await cache.set_body(lunch.pk, b"raw", "we meet at the noodle bar")
+    assert [m.uid for m in await cache.search("noodle")] == [2]
+    assert await cache.body(lunch.pk) == b"raw"
+    assert (await cache.get(lunch.pk)).has_body  # type: ignore[union-attr]
+
+
+def test_query_syntax_never_reaches_fts_unquoted() -> None:
+    """FTS5 operators and quotes in a user's query are taken as plain text."""
+    expr, filters = fts_query('NEAR(a b) AND "x y" from:bob is:unread')
+    assert filters == ["m.seen = 0"]
+    assert 'sender : "bob"*' in expr
+    assert '"x y"' in expr
+    assert '"AND"*' in expr
+    odd, _ = fts_query('a"b')
+    assert odd.count('"') % 2 == 0
+
+
+async def test_fts_operators_do_not_raise(cache: Cache) -> None:
+    """Queries full of FTS5 syntax run without an error."""
+    f = await cache.upsert_folder("acc", "INBOX")
+    await cache.add_messages(f.id, [_msg(1, subject="AND OR NOT")])
+    for q in ['"', "AND", "*", "a:b:c", "NEAR(", "(", "from:", "-x", "^x"]:
+        await cache.search(q)
+    assert [m.uid for m in await cache.search("AND")] == [1]
+
+
+async def test_address_completion(cache: Cache) -> None:
+    """addresses() completes on address or name, most used first."""
+    f = await cache.upsert_folder("acc", "INBOX")
+    await cache.add_messages(
+        f.id,
+        [
+            _msg(1, from_name="Bob Stone", from_addr="bob@example.org"),
+            _msg(2, from_name="Bob Stone", from_addr="bob@example.org"),
+            _msg(3, from_name="Bobby", from_addr="bobby@example.org"),
+        ],
+    )
+    await cache.note_sent([("Alice", "alice@example.org")])
+    assert [a.address for a in await cache.addresses("bo")] == [
+        "bob@example.org",
+        "bobby@example.org",
+    ]
+    got = await cache.addresses("ali")
+    assert got[0].display() == "Alice <alice@example.org>"
+
+
+async def test_move_delete_and_uidvalidity_reset(cache: Cache) -> None:
+    """move() re-homes a row, delete() drops it, reset_folder() empties the folder."""
+    inbox = await cache.upsert_folder("acc", "INBOX")
+    archive = await cache.upsert_folder("acc", "Archive", special_use="archive")
+    await cache.add_messages(inbox.id, [_msg(1), _msg(2), _msg(3)])
+    first = await cache.by_uid(inbox.id, 1)
+    assert first is not None
+    await cache.move(first.pk, archive.id, new_uid=77)
+    moved = await cache.get(first.pk)
+    assert moved is not None
+    assert (moved.folder, moved.uid) == ("Archive", 77)
+    assert (await cache.count(inbox.id), await cache.count(archive.id)) == (2, 1)
+    second = await cache.by_uid(inbox.id, 2)
+    assert second is not None
+    await cache.delete(second.pk)
+    assert await cache.count(inbox.id) == 1
+    await cache.reset_folder(inbox.id, 999)
+    f = await cache.folder(inbox.id)
+    assert f is not None
+    assert (f.total, f.uidvalidity) == (0, 999)
+    assert [m.message_id for m in await cache.by_message_id("m1@example.org")] == [
+        "<m1@example.org>"
+    ]
