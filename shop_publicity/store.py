@@ -1,0 +1,624 @@
+"""The shop database: every SQL statement of the back office lives here.
+
+Small async methods over one aiosqlite connection (WAL). Writes that belong together run
+in one transaction. ``apply()`` is the sender's group commit: many recipients' state
+changes, and the events they cause, in one transaction and one round trip to the
+database thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from chmail import migrate
+from chmail.errors import StoreError
+from shop_publicity import models as m
+
+_MEMBER_COLS = (
+    "m.id, m.email, m.name, m.login, m.consent, m.unsubscribed_at, m.age_band, m.job, "
+    "m.hobbies, m.lang"
+)
+
+
+def _split(text: str) -> tuple[str, ...]:
+    return tuple(p for p in (s.strip() for s in text.split(",")) if p)
+
+
+def _member(row: Sequence[Any], interests: tuple[str, ...] = ()) -> m.Member:
+    return m.Member(
+        id=int(row[0]),
+        email=str(row[1]),
+        name=str(row[2]),
+        login=str(row[3] or ""),
+        consent=bool(row[4]),
+        unsubscribed_at=row[5],
+        age_band=str(row[6]),
+        job=str(row[7]),
+        hobbies=_split(str(row[8])),
+        lang=str(row[9]),
+        interests=interests,
+    )
+
+
+class Store:
+    def __init__(self, conn: aiosqlite.Connection) -> None:
+        self.conn = conn
+
+    @classmethod
+    async def open(cls, data_dir: str | Path) -> Store:
+        folder = Path(data_dir)
+        try:
+            await asyncio.to_thread(folder.mkdir, parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"Cannot create the data folder {folder}: {exc.strerror}.") from exc
+        return cls(await migrate.connect(folder / "shop.sqlite3", "shop"))
+
+    async def close(self) -> None:
+        await self.conn.close()
+
+    async def _all(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
+        async with self.conn.execute(sql, args) as cur:
+            return list(await cur.fetchall())
+
+    async def _one(self, sql: str, args: Sequence[Any] = ()) -> Any:
+        async with self.conn.execute(sql, args) as cur:
+            return await cur.fetchone()
+
+    # ------------------------------------------------------------------ settings
+
+    async def setting(self, key: str, default: str | None = None) -> str | None:
+        row = await self._one("SELECT value FROM settings WHERE key = ?", (key,))
+        return str(row[0]) if row else default
+
+    async def setting_init(self, key: str, value: str) -> str:
+        """Set ``key`` unless it is set; return the stored value either way."""
+        await self.conn.execute(
+            "INSERT OR IGNORE INTO settings(key, value) VALUES (?, ?)", (key, value)
+        )
+        await self.conn.commit()
+        got = await self.setting(key)
+        assert got is not None
+        return got
+
+    # ------------------------------------------------------------------ members
+
+    async def upsert_members(self, rows: Iterable[m.MemberIn]) -> tuple[int, int]:
+        """Insert new members, update known ones (by e-mail). Returns (added, updated)."""
+        now = time.time()
+        added = updated = 0
+        try:
+            for r in rows:
+                cur = await self.conn.execute("SELECT id FROM members WHERE email = ?", (r.email,))
+                found = await cur.fetchone()
+                await cur.close()
+                values = (
+                    r.name,
+                    r.login or None,
+                    int(r.consent),
+                    r.age_band,
+                    r.job,
+                    ", ".join(r.hobbies),
+                    r.lang,
+                )
+                if found is None:
+                    cur = await self.conn.execute(
+                        "INSERT INTO members(name, login, consent, age_band, job, hobbies, lang,"
+                        " email, created_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                        (*values, r.email, now, now),
+                    )
+                    member_id = int(cur.lastrowid or 0)
+                    added += 1
+                else:
+                    member_id = int(found[0])
+                    cur = await self.conn.execute(
+                        "UPDATE members SET name=?, login=?, consent=?, age_band=?, job=?,"
+                        " hobbies=?, lang=?, updated_at=? WHERE id=? AND (name IS NOT ? OR"
+                        " login IS NOT ? OR consent IS NOT ? OR age_band IS NOT ? OR"
+                        " job IS NOT ? OR hobbies IS NOT ? OR lang IS NOT ?)",
+                        (*values, now, member_id, *values),
+                    )
+                    updated += cur.rowcount
+                await self.conn.executemany(
+                    "INSERT OR IGNORE INTO member_interests(member_id, interest, source,"
+                    " tagged_at) VALUES (?, ?, 'import', ?)",
+                    [(member_id, i, now) for i in r.interests],
+                )
+            await self.conn.commit()
+        except sqlite3.Error as exc:
+            await self.conn.rollback()
+            raise StoreError(f"Could not save the members: {exc}.") from exc
+        return added, updated
+
+    async def interests(self, member_id: int) -> tuple[str, ...]:
+        rows = await self._all(
+            "SELECT interest FROM member_interests WHERE member_id = ? ORDER BY interest",
+            (member_id,),
+        )
+        return tuple(str(r[0]) for r in rows)
+
+    async def member(self, key: str | int) -> m.Member | None:
+        """A member by id, e-mail address or CH login."""
+        if isinstance(key, int) or (isinstance(key, str) and key.isdigit()):
+            row = await self._one(f"SELECT {_MEMBER_COLS} FROM members m WHERE id = ?", (key,))  # noqa: S608
+        else:
+            row = await self._one(
+                f"SELECT {_MEMBER_COLS} FROM members m WHERE email = ? OR login = ?"  # noqa: S608
+                " ORDER BY email = ? DESC LIMIT 1",
+                (key, key, key),
+            )
+        if row is None:
+            return None
+        return _member(row, await self.interests(int(row[0])))
+
+    async def members(self, *, limit: int = 1000, offset: int = 0) -> list[m.Member]:
+        rows = await self._all(
+            f"SELECT {_MEMBER_COLS}, (SELECT group_concat(interest, ',') FROM"  # noqa: S608
+            " member_interests i WHERE i.member_id = m.id) FROM members m ORDER BY id"
+            " LIMIT ? OFFSET ?",
+            (limit, offset),
+        )
+        return [_member(r, tuple(sorted(_split(str(r[10] or ""))))) for r in rows]
+
+    async def count_members(self) -> int:
+        row = await self._one("SELECT count(*) FROM members")
+        return int(row[0])
+
+    async def tag_interest(self, member_id: int, interest: str, operator: str) -> bool:
+        cur = await self.conn.execute(
+            "INSERT OR IGNORE INTO member_interests(member_id, interest, source, tagged_by,"
+            " tagged_at) VALUES (?, ?, 'chat', ?, ?)",
+            (member_id, interest, operator, time.time()),
+        )
+        await self.conn.commit()
+        return cur.rowcount > 0
+
+    async def unsubscribe(self, campaign_id: int, member_id: int) -> bool:
+        """Record an unsubscribe; False when the member had already left (idempotent)."""
+        now = time.time()
+        cur = await self.conn.execute(
+            "UPDATE members SET unsubscribed_at = ?, updated_at = ? WHERE id = ?"
+            " AND unsubscribed_at IS NULL",
+            (now, now, member_id),
+        )
+        changed = cur.rowcount > 0
+        if changed:
+            await self._event(campaign_id, m.EV_UNSUBSCRIBED, member_id, now, {})
+        await self.conn.commit()
+        return changed
+
+    async def segment_member_ids(self, seg: m.Segment) -> list[tuple[int, str]]:
+        """(id, email) of members with consent, still subscribed, matching ``seg``."""
+        where = ["m.consent = 1", "m.unsubscribed_at IS NULL"]
+        args: list[Any] = []
+
+        def any_of(column: str, values: tuple[str, ...]) -> None:
+            where.append(f"{column} IN ({','.join('?' * len(values))})")
+            args.extend(values)
+
+        if seg.age_bands:
+            any_of("m.age_band", seg.age_bands)
+        if seg.jobs:
+            any_of("m.job", seg.jobs)
+        if seg.langs:
+            any_of("m.lang", seg.langs)
+        if seg.hobbies:
+            where.append(
+                "("
+                + " OR ".join(
+                    "(',' || replace(m.hobbies, ', ', ',') || ',') LIKE ?" for _ in seg.hobbies
+                )
+                + ")"
+            )
+            args.extend(f"%,{h},%" for h in seg.hobbies)
+        if seg.interests:
+            marks = ",".join("?" * len(seg.interests))
+            where.append(
+                f"EXISTS (SELECT 1 FROM member_interests i WHERE i.member_id = m.id"  # noqa: S608
+                f" AND i.interest IN ({marks}))"
+            )
+            args.extend(seg.interests)
+        sql = f"SELECT m.id, m.email FROM members m WHERE {' AND '.join(where)} ORDER BY m.id"  # noqa: S608
+        return [(int(r[0]), str(r[1])) for r in await self._all(sql, args)]
+
+    async def export_members(self) -> AsyncIterator[m.Member]:
+        offset = 0
+        while True:
+            page = await self.members(limit=500, offset=offset)
+            if not page:
+                return
+            for mem in page:
+                yield mem
+            offset += len(page)
+
+    # ------------------------------------------------------------------ products
+
+    async def upsert_product(self, p: m.Product) -> None:
+        await self.conn.execute(
+            "INSERT INTO products(sku, title, description, price, image_url, landing_url,"
+            " created_at) VALUES (?,?,?,?,?,?,?) ON CONFLICT(sku) DO UPDATE SET"
+            " title=excluded.title, description=excluded.description, price=excluded.price,"
+            " image_url=excluded.image_url, landing_url=excluded.landing_url",
+            (p.sku, p.title, p.description, p.price, p.image_url, p.landing_url, time.time()),
+        )
+        await self.conn.commit()
+
+    async def product(self, sku: str) -> m.Product | None:
+        row = await self._one(
+            "SELECT sku, title, description, price, image_url, landing_url FROM products"
+            " WHERE sku = ?",
+            (sku,),
+        )
+        return m.Product(*row) if row else None
+
+    async def products(self) -> list[m.Product]:
+        rows = await self._all(
+            "SELECT sku, title, description, price, image_url, landing_url FROM products"
+            " ORDER BY sku"
+        )
+        return [m.Product(*r) for r in rows]
+
+    # ------------------------------------------------------------------ operators
+
+    async def add_operator(self, login: str, role: str) -> None:
+        await self.conn.execute(
+            "INSERT INTO operators(login, role, created_at) VALUES (?, ?, ?)"
+            " ON CONFLICT(login) DO UPDATE SET role = excluded.role",
+            (login, role, time.time()),
+        )
+        await self.conn.commit()
+
+    async def operator_role(self, login: str) -> str | None:
+        row = await self._one("SELECT role FROM operators WHERE login = ?", (login,))
+        return str(row[0]) if row else None
+
+    async def operators(self) -> list[tuple[str, str]]:
+        return [
+            (str(r[0]), str(r[1]))
+            for r in await self._all("SELECT login, role FROM operators ORDER BY login")
+        ]
+
+    async def set_canned(self, key: str, text: str) -> None:
+        await self.conn.execute(
+            "INSERT INTO canned_replies(key, text) VALUES (?, ?)"
+            " ON CONFLICT(key) DO UPDATE SET text = excluded.text",
+            (key, text),
+        )
+        await self.conn.commit()
+
+    async def canned(self) -> list[tuple[str, str]]:
+        return [
+            (str(r[0]), str(r[1]))
+            for r in await self._all("SELECT key, text FROM canned_replies ORDER BY key")
+        ]
+
+    # ------------------------------------------------------------------ campaigns
+
+    async def create_campaign(
+        self,
+        *,
+        name: str,
+        subject_tpl: str,
+        body_tpl: str,
+        sku: str | None,
+        lang: str,
+        segment: m.Segment,
+        from_addr: str,
+        pool: Sequence[str],
+        secret: str,
+    ) -> int:
+        cur = await self.conn.execute(
+            "INSERT INTO campaigns(name, subject_tpl, body_tpl, sku, lang, segment, from_addr,"
+            " secret, created_at) VALUES (?,?,?,?,?,?,?,?,?)",
+            (
+                name,
+                subject_tpl,
+                body_tpl,
+                sku,
+                lang,
+                json.dumps(segment.to_json()),
+                from_addr,
+                secret,
+                time.time(),
+            ),
+        )
+        cid = int(cur.lastrowid or 0)
+        await self.conn.executemany(
+            "INSERT OR IGNORE INTO campaign_pool(campaign_id, login) VALUES (?, ?)",
+            [(cid, login) for login in pool],
+        )
+        await self.conn.commit()
+        return cid
+
+    async def campaign(self, cid: int) -> m.Campaign | None:
+        row = await self._one(
+            "SELECT id, name, subject_tpl, body_tpl, sku, lang, segment, from_addr, status,"
+            " pause_reason, secret, created_at, started_at, finished_at FROM campaigns"
+            " WHERE id = ?",
+            (cid,),
+        )
+        if row is None:
+            return None
+        pool = tuple(
+            str(r[0])
+            for r in await self._all(
+                "SELECT login FROM campaign_pool WHERE campaign_id = ? ORDER BY login", (cid,)
+            )
+        )
+        return m.Campaign(
+            id=int(row[0]),
+            name=row[1],
+            subject_tpl=row[2],
+            body_tpl=row[3],
+            sku=row[4],
+            lang=row[5],
+            segment=m.Segment.from_json(json.loads(row[6])),
+            from_addr=row[7],
+            status=row[8],
+            pause_reason=row[9],
+            secret=row[10],
+            pool=pool,
+            created_at=row[11],
+            started_at=row[12],
+            finished_at=row[13],
+        )
+
+    async def campaign_ids(self) -> list[int]:
+        return [int(r[0]) for r in await self._all("SELECT id FROM campaigns ORDER BY id")]
+
+    async def campaign_status(self, cid: int) -> tuple[str, str]:
+        row = await self._one("SELECT status, pause_reason FROM campaigns WHERE id = ?", (cid,))
+        if row is None:
+            raise StoreError(f"There is no campaign {cid}.")
+        return str(row[0]), str(row[1])
+
+    async def set_status(self, cid: int, status: str, reason: str = "") -> None:
+        now = time.time()
+        await self.conn.execute(
+            "UPDATE campaigns SET status = ?, pause_reason = ?,"
+            " finished_at = CASE WHEN ? = 'done' THEN ? ELSE finished_at END WHERE id = ?",
+            (status, reason, status, now, cid),
+        )
+        if status == m.PAUSED:
+            await self._event(cid, m.EV_PAUSED, None, now, {"reason": reason})
+        await self.conn.commit()
+
+    # ------------------------------------------------------------------ recipients
+
+    async def start_send(self, cid: int, rows: Sequence[tuple[int, str, str]]) -> bool:
+        """Snapshot the recipients (member id, email, message-id) and mark the campaign
+        sending, in one transaction. False (and nothing written) when it had started."""
+        try:
+            cur = await self.conn.execute(
+                "UPDATE campaigns SET status = 'sending', started_at = ?"
+                " WHERE id = ? AND status = 'draft'",
+                (time.time(), cid),
+            )
+            if cur.rowcount == 0:
+                await self.conn.rollback()
+                return False
+            await self.conn.executemany(
+                "INSERT OR IGNORE INTO recipients(campaign_id, member_id, email, message_id)"
+                " VALUES (?, ?, ?, ?)",
+                [(cid, mid, email, msgid) for mid, email, msgid in rows],
+            )
+            await self.conn.commit()
+        except sqlite3.Error as exc:
+            await self.conn.rollback()
+            raise StoreError(f"Could not start campaign {cid}: {exc}.") from exc
+        return True
+
+    async def recover_sending(self, cid: int) -> int:
+        """Rows left 'sending' by a crash: DATA may or may not have been accepted.
+        They go back to pending, counted in ``uncertain`` (see sender.py)."""
+        cur = await self.conn.execute(
+            "UPDATE recipients SET status = 'pending', uncertain = uncertain + 1, next_at = 0"
+            " WHERE campaign_id = ? AND status = 'sending'",
+            (cid,),
+        )
+        await self.conn.commit()
+        return cur.rowcount
+
+    async def due(self, cid: int, now: float, limit: int, after: int = 0) -> list[m.Recipient]:
+        """Pending rows due by ``now`` (member id > ``after``), joined with the member."""
+        rows = await self._all(
+            f"SELECT {_MEMBER_COLS}, r.message_id, r.attempts, r.uncertain, r.ch_headers"  # noqa: S608
+            " FROM recipients r JOIN members m ON m.id = r.member_id"
+            " WHERE r.campaign_id = ? AND r.status = 'pending' AND r.next_at <= ?"
+            " AND r.member_id > ? ORDER BY r.member_id LIMIT ?",
+            (cid, now, after, limit),
+        )
+        return [
+            m.Recipient(cid, _member(r), str(r[10]), int(r[11]), int(r[12]), str(r[13]))
+            for r in rows
+        ]
+
+    async def next_due_at(self, cid: int) -> float | None:
+        row = await self._one(
+            "SELECT min(next_at) FROM recipients WHERE campaign_id = ? AND status = 'pending'",
+            (cid,),
+        )
+        return None if row is None or row[0] is None else float(row[0])
+
+    async def counts(self, cid: int) -> dict[str, int]:
+        rows = await self._all(
+            "SELECT status, count(*) FROM recipients WHERE campaign_id = ? GROUP BY status",
+            (cid,),
+        )
+        out = {s: 0 for s in (m.PENDING, m.SENDING, m.SENT, m.FAILED, m.SKIPPED)}
+        out.update({str(r[0]): int(r[1]) for r in rows})
+        return out
+
+    async def uncertain_total(self, cid: int) -> int:
+        row = await self._one(
+            "SELECT coalesce(sum(uncertain), 0) FROM recipients WHERE campaign_id = ?", (cid,)
+        )
+        return int(row[0])
+
+    async def sent_since(self, since: float) -> int:
+        row = await self._one("SELECT count(*) FROM recipients WHERE sent_at >= ?", (since,))
+        return int(row[0])
+
+    async def failures(self, cid: int, limit: int = 20) -> list[tuple[str, str]]:
+        rows = await self._all(
+            "SELECT email, last_error FROM recipients WHERE campaign_id = ? AND status = 'failed'"
+            " ORDER BY member_id LIMIT ?",
+            (cid, limit),
+        )
+        return [(str(r[0]), str(r[1])) for r in rows]
+
+    async def apply(self, outcomes: Sequence[m.Outcome]) -> None:
+        """Write a batch of recipient state changes and their events in one transaction."""
+        try:
+            for o in outcomes:
+                if o.status == m.SENDING:
+                    await self.conn.execute(
+                        "UPDATE recipients SET status = 'sending',"
+                        " ch_headers = ?, updated_at = ? WHERE campaign_id = ? AND member_id = ?",
+                        (o.ch_headers, o.at, o.campaign_id, o.member_id),
+                    )
+                    continue
+                await self.conn.execute(
+                    "UPDATE recipients SET status = ?, last_error = ?, next_at = ?,"
+                    " attempts = attempts + ?, updated_at = ?,"
+                    " sent_at = CASE WHEN ? = 'sent' THEN ? ELSE sent_at END"
+                    " WHERE campaign_id = ? AND member_id = ?",
+                    (
+                        o.status,
+                        o.error,
+                        o.next_at,
+                        o.attempts_inc,
+                        o.at,
+                        o.status,
+                        o.at,
+                        o.campaign_id,
+                        o.member_id,
+                    ),
+                )
+                kind = {m.SENT: m.EV_SENT, m.FAILED: m.EV_FAILED}.get(o.status)
+                if kind:
+                    data = {"error": o.error} if o.error else {}
+                    await self._event(o.campaign_id, kind, o.member_id, o.at, data)
+            await self.conn.commit()
+        except sqlite3.Error as exc:
+            await self.conn.rollback()
+            raise StoreError(f"Could not record the send status: {exc}.") from exc
+
+    # ------------------------------------------------------------------ events
+
+    async def _event(
+        self, cid: int, kind: str, member_id: int | None, at: float, data: dict[str, Any]
+    ) -> None:
+        await self.conn.execute(
+            "INSERT INTO events(campaign_id, kind, member_id, at, data) VALUES (?,?,?,?,?)",
+            (cid, kind, member_id, at, json.dumps(data)),
+        )
+
+    async def add_event(
+        self,
+        cid: int,
+        kind: str,
+        member_id: int | None = None,
+        data: dict[str, Any] | None = None,
+        at: float | None = None,
+    ) -> None:
+        await self._event(cid, kind, member_id, time.time() if at is None else at, data or {})
+        await self.conn.commit()
+
+    async def events_after(
+        self, last_id: int, cid: int | None = None, limit: int = 5000
+    ) -> list[m.Event]:
+        if cid is None:
+            rows = await self._all(
+                "SELECT id, campaign_id, kind, member_id, at, data FROM events WHERE id > ?"
+                " ORDER BY id LIMIT ?",
+                (last_id, limit),
+            )
+        else:
+            rows = await self._all(
+                "SELECT id, campaign_id, kind, member_id, at, data FROM events WHERE id > ?"
+                " AND campaign_id = ? ORDER BY id LIMIT ?",
+                (last_id, cid, limit),
+            )
+        return [
+            m.Event(int(r[0]), int(r[1]), str(r[2]), r[3], float(r[4]), json.loads(r[5]))
+            for r in rows
+        ]
+
+    # ------------------------------------------------------------------ chats
+
+    async def chat_asked(
+        self, cid: int | None, member_id: int | None, member_login: str, at: float
+    ) -> int:
+        cur = await self.conn.execute(
+            "INSERT INTO chats(campaign_id, member_id, member_login, asked_at) VALUES (?,?,?,?)",
+            (cid, member_id, member_login, at),
+        )
+        if cid is not None:
+            await self._event(cid, m.EV_CHAT_ASKED, member_id, at, {"login": member_login})
+        await self.conn.commit()
+        return int(cur.lastrowid or 0)
+
+    async def chat_answered(self, chat_id: int, operator: str, at: float) -> None:
+        await self.conn.execute(
+            "UPDATE chats SET operator = ?, answered_at = ? WHERE id = ?",
+            (operator, at, chat_id),
+        )
+        row = await self._one(
+            "SELECT campaign_id, member_id, asked_at FROM chats WHERE id = ?", (chat_id,)
+        )
+        if row is not None and row[0] is not None:
+            await self._event(
+                int(row[0]),
+                m.EV_CHAT_ANSWERED,
+                row[1],
+                at,
+                {"operator": operator, "wait": at - float(row[2])},
+            )
+        await self.conn.commit()
+
+    async def chat_ended(self, chat_id: int, at: float, summary: str = "") -> None:
+        await self.conn.execute(
+            "UPDATE chats SET ended_at = ?, summary = ? WHERE id = ?", (at, summary, chat_id)
+        )
+        await self.conn.commit()
+
+    async def past_chats(self, member_id: int, limit: int = 10) -> list[dict[str, Any]]:
+        rows = await self._all(
+            "SELECT c.id, c.campaign_id, c.operator, c.asked_at, c.answered_at, c.summary,"
+            " k.name FROM chats c LEFT JOIN campaigns k ON k.id = c.campaign_id"
+            " WHERE c.member_id = ? ORDER BY c.asked_at DESC LIMIT ?",
+            (member_id, limit),
+        )
+        return [
+            {
+                "chat": r[0],
+                "campaign": r[1],
+                "operator": r[2],
+                "asked_at": r[3],
+                "answered_at": r[4],
+                "summary": r[5],
+                "campaign_name": r[6],
+            }
+            for r in rows
+        ]
+
+    # ------------------------------------------------------------------ audit
+
+    async def audit(self, actor: str, role: str, action: str, detail: str) -> None:
+        await self.conn.execute(
+            "INSERT INTO audit_log(at, actor, role, action, detail) VALUES (?,?,?,?,?)",
+            (time.time(), actor, role, action, detail),
+        )
+        await self.conn.commit()
+
+    async def audit_entries(self) -> list[tuple[float, str, str, str, str]]:
+        rows = await self._all("SELECT at, actor, role, action, detail FROM audit_log ORDER BY id")
+        return [(float(r[0]), str(r[1]), str(r[2]), str(r[3]), str(r[4])) for r in rows]
