@@ -72,6 +72,9 @@ class ServerConfig:
     smtp_host: str = ""
     smtp_port: int = 25
     smtp_from: str = "chmail-server@localhost"
+    argon2_time_cost: int = 3  # cost of new password hashes (argon2id)
+    argon2_memory_kib: int = 65536
+    max_write_buffer: int = 1048576  # bytes queued to a client that stopped reading -> drop
 
 
 @dataclass(frozen=True)
@@ -149,6 +152,15 @@ class ShopConfig:
     ch_server: str = ""
     ch_login: str = ""
     ch_password_command: str = ""
+    # Added by the shop work (additive): pacing, retries and the unsubscribe endpoint.
+    rate_window_max: int = 0  # at most this many mails per window (0: no window limit)
+    rate_window_seconds: float = 3600.0
+    max_attempts: int = 5  # tries per recipient on 4xx / dropped connections
+    retry_base: float = 2.0  # seconds; exponential backoff with jitter
+    retry_max: float = 600.0
+    smtp_timeout: float = 30.0
+    error_min_sample: int = 20  # attempts seen before the error threshold can pause
+    resend_uncertain: bool = True  # after a crash, resend mails cut off mid-DATA
 
 
 @dataclass(frozen=True)
