@@ -1,0 +1,224 @@
+"""The CH server's chat sessions: opens them, finds them, reopens them after a restart.
+
+A relay-mode session is a :class:`~chmail.chserver.sessions.ChatSession` listening on
+its port on the server's host; its messages go to SQLite through one
+:class:`~chmail.chserver.chatstore.MessageWriter` shared by all sessions (group
+commit), its membership and end through the server's aiosqlite connection. At start
+every session the database still calls open gets its listener back on the same port
+with its history, so clients that reconnect with ``last_seq`` lose nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from chmail.chserver import chatstore
+from chmail.chserver.chatstore import Done, MessageRow, MessageWriter
+from chmail.chserver.sessions import ChatSession, session_secret
+from chmail.config import ServerConfig
+from chmail.errors import ChatError
+
+log = logging.getLogger(__name__)
+
+EndHook = Callable[[ChatSession, str, str], None]
+
+
+class _DbBackend:
+    """SessionBackend of relay sessions: writer thread for messages, aiosqlite for the rest."""
+
+    def __init__(self, hub: SessionHub) -> None:
+        self.hub = hub
+
+    def persist(self, rows: list[MessageRow], done: Done) -> None:
+        self.hub.writer.submit(rows, done)
+
+    def joined(self, session: ChatSession, login: str) -> None:
+        self.hub.spawn(chatstore.add_member(self.hub.db, session.id, login, time.time()))
+
+    def left(self, session: ChatSession, login: str) -> None:
+        self.hub.spawn(chatstore.member_left(self.hub.db, session.id, login, time.time()))
+
+    def read(self, session: ChatSession, login: str, seq: int) -> None:
+        self.hub.spawn(chatstore.set_read_seq(self.hub.db, session.id, login, seq))
+
+    def ended(self, session: ChatSession, reason: str, by: str) -> None:
+        self.hub.sessions.pop(session.id, None)
+        self.hub.spawn(
+            chatstore.end_session(
+                self.hub.db,
+                session.id,
+                reason=reason,
+                now=time.time(),
+                last_active=session.last_active,
+            )
+        )
+
+
+class SessionHub:
+    """All relay-mode chat sessions of one CH server."""
+
+    def __init__(
+        self,
+        db: aiosqlite.Connection,
+        db_path: str | Path,
+        key: bytes,
+        config: ServerConfig,
+        bind_host: str,
+    ) -> None:
+        self.db = db
+        self.key = key
+        self.config = config
+        self.bind_host = bind_host
+        self.writer = MessageWriter(db_path)
+        self.sessions: dict[int, ChatSession] = {}
+        self.on_end: list[EndHook] = []
+        self._backend = _DbBackend(self)
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("chat store update failed: %s", task.exception())
+
+    async def start(self) -> None:
+        """Start the writer and reopen the sessions left open by the last run."""
+        await asyncio.to_thread(self.writer.start)
+        for row in await chatstore.open_sessions(self.db):
+            if row.mode != "relay":
+                await chatstore.end_session(
+                    self.db, row.id, reason="server", now=time.time(), last_active=row.last_active
+                )
+                continue
+            history = await chatstore.load_messages(self.db, row.id)
+            members = await chatstore.members(self.db, row.id)
+            session = self._make(row, history=history, members=members)
+            try:
+                await session.listen(self.bind_host)
+            except OSError as exc:
+                log.error("cannot reopen chat session %d on port %d: %s", row.id, row.port, exc)
+                session.end("port unavailable")
+                continue
+            log.info(
+                "reopened chat session %d on port %d (%d messages)", row.id, row.port, len(history)
+            )
+
+    async def close(self) -> None:
+        """Stop listening; the sessions stay open in the database for the next start."""
+        for s in list(self.sessions.values()):
+            s.shutdown()
+        self.sessions.clear()
+        if self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        await asyncio.to_thread(self.writer.close)
+
+    def _make(
+        self,
+        row: chatstore.SessionRow,
+        *,
+        history: list[chatstore.StoredMessage] | None = None,
+        members: dict[str, int] | None = None,
+    ) -> ChatSession:
+        cfg = self.config
+        session = ChatSession(
+            id=row.id,
+            port=row.port,
+            owner=row.owner,
+            message_id=row.message_id,
+            subject=row.subject,
+            secret=session_secret(self.key, row.id),
+            backend=self._backend,
+            max_text=cfg.max_chat_message,
+            max_frame=cfg.max_frame,
+            max_buffer=cfg.max_write_buffer,
+            idle_timeout=cfg.session_idle_timeout,
+            history=history or (),
+            members=members,
+            last_active=row.last_active,
+        )
+        session.on_end.extend(self.on_end)
+        self.sessions[row.id] = session
+        return session
+
+    def by_port(self, port: int) -> ChatSession | None:
+        for s in self.sessions.values():
+            if s.port == port and not s.ended:
+                return s
+        return None
+
+    def count_for(self, login: str) -> int:
+        return sum(1 for s in self.sessions.values() if login in s.members and not s.ended)
+
+    def check_limit(self, login: str) -> None:
+        if self.count_for(login) >= self.config.max_sessions_per_user:
+            raise ChatError(
+                f"{login} already has {self.config.max_sessions_per_user} chats open; "
+                "end one and try again",
+                code="limit",
+            )
+
+    async def open(
+        self,
+        *,
+        port: int,
+        lease: int,
+        owner: str,
+        message_id: str,
+        subject: str,
+        host: str,
+        mode: str = "relay",
+        listen: bool = True,
+    ) -> ChatSession:
+        """Create a session for ``port`` and (relay mode) start its listener."""
+        now = time.time()
+        sid = await chatstore.create_session(
+            self.db,
+            port=port,
+            lease=lease,
+            owner=owner,
+            message_id=message_id,
+            subject=subject,
+            mode=mode,
+            host=host,
+            now=now,
+        )
+        row = chatstore.SessionRow(
+            sid, port, lease, owner, message_id, subject, mode, host, "open", now, now
+        )
+        session = self._make(row)
+        if listen:
+            try:
+                await session.listen(self.bind_host)
+            except OSError as exc:
+                session.end("port unavailable")
+                raise ChatError(
+                    f"the chat port {port} cannot be opened on the server ({exc.strerror}); "
+                    "try again later",
+                    code="internal",
+                ) from exc
+        return session
+
+    async def relay(self, session: ChatSession, host: str) -> None:
+        """Turn a direct-mode session into a server-hosted one (the probe failed)."""
+        await chatstore.set_session_host(self.db, session.id, "relay", host)
+        if session.server is None:
+            await session.listen(self.bind_host)
+
+    async def admit(self, session: ChatSession, login: str) -> str:
+        """Add ``login`` to ``session`` (limits checked); return its join token."""
+        if login not in session.members:
+            self.check_limit(login)
+        token = session.admit(login)
+        await chatstore.add_member(self.db, session.id, login, time.time())
+        return token

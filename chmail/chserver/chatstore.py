@@ -1,0 +1,419 @@
+"""All SQL of chat sessions, chat messages, calls and alarms (tables of migration 0002).
+
+Two ways in:
+
+* small async functions over the server's aiosqlite connection, for the rare writes
+  (a call, a session opening or ending, an alarm);
+* :class:`MessageWriter`, a thread with its own SQLite connection that stores chat
+  messages in batches (group commit): everything that arrived while the previous
+  batch was being written goes into the next transaction. A message is acknowledged
+  and fanned out only after its batch committed, so what a client was told is stored
+  survives a SIGKILL of the server (WAL, ``synchronous=NORMAL``: the commit reaches
+  the OS before we answer).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import queue
+import sqlite3
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiosqlite
+
+from chmail.errors import StoreError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SessionRow:
+    id: int
+    port: int
+    lease: int
+    owner: str
+    message_id: str
+    subject: str
+    mode: str
+    host: str
+    state: str
+    created_at: float
+    last_active: float
+
+
+@dataclass(frozen=True)
+class StoredMessage:
+    seq: int
+    sender: str
+    cid: str
+    text: str
+    ts: float
+
+
+@dataclass(frozen=True)
+class CallRow:
+    id: int
+    caller: str
+    callee: str
+    port: int
+    lease: int
+    message_id: str
+    subject: str
+    session_id: int | None
+    state: str
+    reason: str
+    created_at: float
+
+
+@dataclass(frozen=True)
+class AlarmRow:
+    id: int
+    login: str
+    caller: str
+    call_id: int | None
+    subject: str
+    message_id: str
+    port: int
+    created_at: float
+    delivered_at: float | None
+    seen_at: float | None
+    mailed_at: float | None
+
+
+_SESSION_COLS = (
+    "id, port, lease, owner, message_id, subject, mode, host, state, created_at, last_active"
+)
+_CALL_COLS = (
+    "id, caller, callee, port, lease, message_id, subject, session_id, state, reason, created_at"
+)
+_ALARM_COLS = (
+    "id, login, caller, call_id, subject, message_id, port, created_at, delivered_at, "
+    "seen_at, mailed_at"
+)
+
+
+# ----------------------------------------------------------------------------- sessions
+
+
+async def create_session(
+    db: aiosqlite.Connection,
+    *,
+    port: int,
+    lease: int,
+    owner: str,
+    message_id: str,
+    subject: str,
+    mode: str,
+    host: str,
+    now: float,
+) -> int:
+    cur = await db.execute(
+        "INSERT INTO chat_sessions(port, lease, owner, message_id, subject, mode, host,"
+        " created_at, last_active) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (port, lease, owner, message_id, subject, mode, host, now, now),
+    )
+    await db.commit()
+    assert cur.lastrowid is not None
+    return cur.lastrowid
+
+
+async def open_sessions(db: aiosqlite.Connection) -> list[SessionRow]:
+    sql = f"SELECT {_SESSION_COLS} FROM chat_sessions WHERE state = 'open' ORDER BY id"  # noqa: S608
+    async with db.execute(sql) as cur:
+        return [SessionRow(*r) for r in await cur.fetchall()]
+
+
+async def open_session_on_port(db: aiosqlite.Connection, port: int) -> SessionRow | None:
+    sql = f"SELECT {_SESSION_COLS} FROM chat_sessions WHERE state = 'open' AND port = ?"  # noqa: S608
+    async with db.execute(sql, (port,)) as cur:
+        row = await cur.fetchone()
+    return SessionRow(*row) if row else None
+
+
+async def set_session_host(db: aiosqlite.Connection, session_id: int, mode: str, host: str) -> None:
+    await db.execute(
+        "UPDATE chat_sessions SET mode = ?, host = ? WHERE id = ?", (mode, host, session_id)
+    )
+    await db.commit()
+
+
+async def end_session(
+    db: aiosqlite.Connection, session_id: int, *, reason: str, now: float, last_active: float
+) -> None:
+    await db.execute(
+        "UPDATE chat_sessions SET state = 'ended', ended_at = ?, end_reason = ?,"
+        " last_active = MAX(last_active, ?) WHERE id = ?",
+        (now, reason, last_active, session_id),
+    )
+    await db.commit()
+
+
+async def open_session_count(db: aiosqlite.Connection, login: str) -> int:
+    """Open sessions ``login`` is a member of (and has not left)."""
+    async with db.execute(
+        "SELECT COUNT(*) FROM chat_members m JOIN chat_sessions s ON s.id = m.session_id"
+        " WHERE m.login = ? AND m.left_at IS NULL AND s.state = 'open'",
+        (login,),
+    ) as cur:
+        row = await cur.fetchone()
+    return int(row[0]) if row else 0
+
+
+async def add_member(db: aiosqlite.Connection, session_id: int, login: str, now: float) -> None:
+    await db.execute(
+        "INSERT INTO chat_members(session_id, login, joined_at) VALUES (?, ?, ?)"
+        " ON CONFLICT(session_id, login) DO UPDATE SET left_at = NULL",
+        (session_id, login, now),
+    )
+    await db.commit()
+
+
+async def member_left(db: aiosqlite.Connection, session_id: int, login: str, now: float) -> None:
+    await db.execute(
+        "UPDATE chat_members SET left_at = ? WHERE session_id = ? AND login = ?",
+        (now, session_id, login),
+    )
+    await db.commit()
+
+
+async def set_read_seq(db: aiosqlite.Connection, session_id: int, login: str, seq: int) -> None:
+    await db.execute(
+        "UPDATE chat_members SET read_seq = MAX(read_seq, ?) WHERE session_id = ? AND login = ?",
+        (seq, session_id, login),
+    )
+    await db.commit()
+
+
+async def members(db: aiosqlite.Connection, session_id: int) -> dict[str, int]:
+    """Members who have not left, with the seq each has read up to."""
+    async with db.execute(
+        "SELECT login, read_seq FROM chat_members WHERE session_id = ? AND left_at IS NULL"
+        " ORDER BY joined_at",
+        (session_id,),
+    ) as cur:
+        return {str(r[0]): int(r[1]) for r in await cur.fetchall()}
+
+
+async def load_messages(
+    db: aiosqlite.Connection, session_id: int, *, after: int = 0, limit: int = 1_000_000
+) -> list[StoredMessage]:
+    async with db.execute(
+        "SELECT seq, sender, cid, text, ts FROM chat_messages WHERE session_id = ? AND seq > ?"
+        " ORDER BY seq LIMIT ?",
+        (session_id, after, limit),
+    ) as cur:
+        return [StoredMessage(*r) for r in await cur.fetchall()]
+
+
+async def session_messages(db: aiosqlite.Connection, session_id: int) -> list[StoredMessage]:
+    return await load_messages(db, session_id)
+
+
+# ----------------------------------------------------------------------------- calls
+
+
+async def create_call(
+    db: aiosqlite.Connection,
+    *,
+    caller: str,
+    callee: str,
+    port: int,
+    lease: int,
+    message_id: str,
+    subject: str,
+    state: str,
+    now: float,
+) -> int:
+    cur = await db.execute(
+        "INSERT INTO calls(caller, callee, port, lease, message_id, subject, state,"
+        " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (caller, callee, port, lease, message_id, subject, state, now, now),
+    )
+    await db.commit()
+    assert cur.lastrowid is not None
+    return cur.lastrowid
+
+
+async def set_call_state(
+    db: aiosqlite.Connection,
+    call_id: int,
+    state: str,
+    *,
+    now: float,
+    reason: str = "",
+    session_id: int | None = None,
+) -> None:
+    await db.execute(
+        "UPDATE calls SET state = ?, reason = ?, updated_at = ?,"
+        " session_id = COALESCE(?, session_id) WHERE id = ?",
+        (state, reason, now, session_id, call_id),
+    )
+    await db.commit()
+
+
+async def get_call(db: aiosqlite.Connection, call_id: int) -> CallRow | None:
+    sql = f"SELECT {_CALL_COLS} FROM calls WHERE id = ?"  # noqa: S608
+    async with db.execute(sql, (call_id,)) as cur:
+        row = await cur.fetchone()
+    return CallRow(*row) if row else None
+
+
+async def stale_ringing_calls(db: aiosqlite.Connection) -> list[CallRow]:
+    """Calls left ringing by a server that stopped (they are missed now)."""
+    sql = f"SELECT {_CALL_COLS} FROM calls WHERE state = 'ringing'"  # noqa: S608
+    async with db.execute(sql) as cur:
+        return [CallRow(*r) for r in await cur.fetchall()]
+
+
+# ----------------------------------------------------------------------------- alarms
+
+
+async def add_alarm(
+    db: aiosqlite.Connection,
+    *,
+    login: str,
+    caller: str,
+    call_id: int | None,
+    subject: str,
+    message_id: str,
+    port: int,
+    now: float,
+) -> int:
+    cur = await db.execute(
+        "INSERT INTO alarms(login, caller, call_id, subject, message_id, port, created_at)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (login, caller, call_id, subject, message_id, port, now),
+    )
+    await db.commit()
+    assert cur.lastrowid is not None
+    return cur.lastrowid
+
+
+async def list_alarms(
+    db: aiosqlite.Connection, login: str, *, include_seen: bool = False
+) -> list[AlarmRow]:
+    where = "login = ?" if include_seen else "login = ? AND seen_at IS NULL"
+    sql = f"SELECT {_ALARM_COLS} FROM alarms WHERE {where} ORDER BY id"  # noqa: S608
+    async with db.execute(sql, (login,)) as cur:
+        return [AlarmRow(*r) for r in await cur.fetchall()]
+
+
+async def mark_alarms_delivered(db: aiosqlite.Connection, ids: Sequence[int], now: float) -> None:
+    await db.executemany(
+        "UPDATE alarms SET delivered_at = COALESCE(delivered_at, ?) WHERE id = ?",
+        [(now, i) for i in ids],
+    )
+    await db.commit()
+
+
+async def ack_alarms(db: aiosqlite.Connection, login: str, ids: Sequence[int], now: float) -> None:
+    await db.executemany(
+        "UPDATE alarms SET seen_at = COALESCE(seen_at, ?) WHERE id = ? AND login = ?",
+        [(now, i, login) for i in ids],
+    )
+    await db.commit()
+
+
+async def mark_alarm_mailed(
+    db: aiosqlite.Connection, alarm_id: int, *, now: float | None, error: str = ""
+) -> None:
+    await db.execute(
+        "UPDATE alarms SET mailed_at = ?, mail_error = ? WHERE id = ?", (now, error, alarm_id)
+    )
+    await db.commit()
+
+
+async def unmailed_alarms(db: aiosqlite.Connection) -> list[AlarmRow]:
+    """Alarms whose mail has not gone out yet (retried at start)."""
+    sql = f"SELECT {_ALARM_COLS} FROM alarms WHERE mailed_at IS NULL AND seen_at IS NULL"  # noqa: S608
+    async with db.execute(sql) as cur:
+        return [AlarmRow(*r) for r in await cur.fetchall()]
+
+
+# ----------------------------------------------------------------------------- message writer
+
+# (session_id, seq, sender, cid, text, ts)
+MessageRow = tuple[int, int, str, str, str, float]
+Done = Callable[[BaseException | None], None]
+
+
+class MessageWriter:
+    """Stores chat messages from a thread of its own, many per transaction.
+
+    ``submit(rows, done)`` queues rows; ``done(None)`` (or ``done(error)``) is called
+    from the writer thread once they are committed, so the caller passes a callback
+    that hops back to its event loop (``loop.call_soon_threadsafe``).
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self._path = str(path)
+        self._queue: queue.SimpleQueue[tuple[list[MessageRow], Done] | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="chat-writer", daemon=True)
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+
+    def start(self) -> None:
+        self._thread.start()
+        self._ready.wait()
+        if self._error is not None:
+            raise StoreError(f"Cannot open the chat message store {self._path}: {self._error}.")
+
+    def submit(self, rows: list[MessageRow], done: Done) -> None:
+        self._queue.put((rows, done))
+
+    def close(self) -> None:
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
+
+    def _run(self) -> None:
+        try:
+            conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA busy_timeout=5000")
+        except sqlite3.Error as exc:
+            self._error = exc
+            self._ready.set()
+            return
+        self._ready.set()
+        try:
+            stop = False
+            while not stop:
+                item = self._queue.get()
+                batch: list[tuple[list[MessageRow], Done]] = []
+                if item is None:
+                    break
+                batch.append(item)
+                while True:  # group commit: take whatever else is waiting
+                    try:
+                        more = self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    if more is None:
+                        stop = True
+                        break
+                    batch.append(more)
+                rows = [r for rs, _ in batch for r in rs]
+                err: BaseException | None = None
+                try:
+                    conn.execute("BEGIN IMMEDIATE")
+                    conn.executemany(
+                        "INSERT OR IGNORE INTO chat_messages"
+                        "(session_id, seq, sender, cid, text, ts) VALUES (?, ?, ?, ?, ?, ?)",
+                        rows,
+                    )
+                    conn.execute("COMMIT")
+                except sqlite3.Error as exc:
+                    log.error("storing %d chat messages failed: %s", len(rows), exc)
+                    err = StoreError(f"Chat messages could not be stored: {exc}.")
+                    with contextlib.suppress(sqlite3.Error):
+                        conn.execute("ROLLBACK")
+                for _, done in batch:
+                    done(err)
+        finally:
+            conn.close()
