@@ -22,7 +22,7 @@ from chmail.errors import ShopError
 from shop_publicity import compose as c
 from shop_publicity import models as m
 from shop_publicity.store import Store
-from shop_publicity.templates import compile_templates, render
+from shop_publicity.templates import Templates, compile_templates, render
 
 _LANG = re.compile(r"[a-z]{2,3}(-[A-Za-z0-9]{2,8})?")
 
@@ -134,8 +134,9 @@ def render_for(
     key: str,
     extra: list[tuple[str, str]] | None = None,
     msg_id: str | None = None,
+    tpls: Templates | None = None,
 ) -> Rendered:
-    tpls = compile_templates(camp.subject_tpl, camp.body_tpl)
+    tpls = tpls or compile_templates(camp.subject_tpl, camp.body_tpl)
     url = c.unsubscribe_url(cfg.unsubscribe_base_url, key, camp.id, member.id)
     subject, body = render(tpls, context(camp, product, member, url))
     mid = msg_id or c.message_id(camp.secret, camp.id, member.id, c.domain_of(camp.from_addr))

@@ -54,7 +54,7 @@ from shop_publicity import compose as c
 from shop_publicity import models as m
 from shop_publicity.ratelimit import ErrorGauge, RateLimiter, backoff
 from shop_publicity.store import Store
-from shop_publicity.templates import TemplateError
+from shop_publicity.templates import TemplateError, compile_templates
 
 log = logging.getLogger(__name__)
 
@@ -104,23 +104,41 @@ def campaign_lock(data_dir: Path, cid: int) -> Iterator[None]:
         os.close(fd)
 
 
+def _consume(fut: asyncio.Future[None]) -> None:
+    # A posted write nobody awaits must not log "exception never retrieved":
+    # Committer.failed carries the error to the sender instead.
+    if not fut.cancelled():
+        fut.exception()
+
+
 class Committer:
-    """Group commit: state changes from all connections share transactions."""
+    """Group commit: state changes from all connections share transactions.
+
+    Writes are committed in the order they were posted (one batch at a time), so a
+    writer that awaits its own write knows every earlier post is committed too.
+    """
 
     def __init__(self, store: Store) -> None:
         self.store = store
         self.queue: list[tuple[m.Outcome, asyncio.Future[None]]] = []
         self.wake = asyncio.Event()
+        self.closing = False
+        self.failed: Exception | None = None
         self.task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
         self.task = asyncio.create_task(self._run())
 
-    async def write(self, outcome: m.Outcome) -> None:
+    def post(self, outcome: m.Outcome) -> asyncio.Future[None]:
+        """Queue a write; the future resolves once it is committed."""
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        fut.add_done_callback(_consume)
         self.queue.append((outcome, fut))
         self.wake.set()
-        await fut
+        return fut
+
+    async def write(self, outcome: m.Outcome) -> None:
+        await self.post(outcome)
 
     async def _run(self) -> None:
         while True:
@@ -128,10 +146,13 @@ class Committer:
             self.wake.clear()
             batch, self.queue = self.queue, []
             if not batch:
+                if self.closing:
+                    return
                 continue
             try:
                 await self.store.apply([o for o, _ in batch])
-            except Exception as exc:  # the writers re-raise it
+            except Exception as exc:  # awaiting writers re-raise it; the run stops on it
+                self.failed = exc
                 for _, fut in batch:
                     if not fut.done():
                         fut.set_exception(exc)
@@ -141,10 +162,11 @@ class Committer:
                     fut.set_result(None)
 
     async def stop(self) -> None:
+        """Commit what is queued, then end."""
+        self.closing = True
+        self.wake.set()
         if self.task is not None:
-            self.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.task
+            await self.task
 
 
 class _Retry(Exception):
@@ -207,9 +229,7 @@ class Sender:
         self.product = await self.store.product(camp.sku) if camp.sku else None
         self.key = await campaigns.shop_key(self.store)
         self.ctx = campaigns.ch_context(self.camp)
-        from shop_publicity.templates import compile_templates
-
-        compile_templates(camp.subject_tpl, camp.body_tpl)
+        self.tpls = compile_templates(camp.subject_tpl, camp.body_tpl)
         found = await self.store.recover_sending(self.cid)
         if found:
             log.warning("campaign %s: %d mails were cut off mid-send by a crash", self.cid, found)
@@ -239,6 +259,8 @@ class Sender:
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
             await self.committer.stop()
+        if self.committer.failed is not None:
+            raise self.committer.failed
         if self.auto_paused:
             await self.store.set_status(self.cid, m.PAUSED, self.stop_reason)
         if self.stop_reason:
@@ -336,6 +358,8 @@ class Sender:
                 try:
                     if rec is None:
                         return
+                    if self.committer.failed is not None and not self.stop_reason:
+                        self.stop_reason = "the status table could not be written"
                     if self.stop_reason:
                         continue  # still pending in the table; a resume takes it
                     await self._one(smtp, rec)
@@ -350,7 +374,7 @@ class Sender:
         now = time.time()
         if not rec.member.mailable:
             self.result.skipped += 1
-            await self.committer.write(m.Outcome(self.cid, rec.member.id, m.SKIPPED, now))
+            self.committer.post(m.Outcome(self.cid, rec.member.id, m.SKIPPED, now))
             self._tick()
             return
         try:
@@ -363,6 +387,7 @@ class Sender:
                 self.key,
                 extra=_header_lines(headers),
                 msg_id=rec.message_id,
+                tpls=self.tpls,
             )
             await self.limiter.acquire()
             await self._smtp_send(smtp, rec, mail.raw, headers)
@@ -385,6 +410,13 @@ class Sender:
     async def _smtp_send(
         self, smtp: aiosmtplib.SMTP, rec: m.Recipient, raw: bytes, headers: str
     ) -> None:
+        # Recorded as 'sending' before DATA can start. The write is posted first and
+        # awaited after RCPT, so the commit overlaps the MAIL/RCPT round trips; a crash
+        # before DATA then only makes a never-offered mail look uncertain (it is resent
+        # once, which is its first delivery).
+        sending = self.committer.post(
+            m.Outcome(self.cid, rec.member.id, m.SENDING, time.time(), ch_headers=headers)
+        )
         try:
             if not smtp.is_connected:
                 await smtp.connect()
@@ -400,9 +432,7 @@ class Sender:
             smtp.close()
             raise _Retry(f"connection to {self.cfg.smtp_host} failed: {exc}") from exc
         # The point of no return: from here the server may take the mail.
-        await self.committer.write(
-            m.Outcome(self.cid, rec.member.id, m.SENDING, time.time(), ch_headers=headers)
-        )
+        await sending
         try:
             await smtp.data(raw)
         except aiosmtplib.SMTPResponseException as exc:
@@ -427,7 +457,7 @@ class Sender:
         log.info(
             "campaign %s: %s will be retried in %.1fs: %s", self.cid, rec.message_id, wait, why
         )
-        await self.committer.write(
+        self.committer.post(
             m.Outcome(
                 self.cid,
                 rec.member.id,
@@ -450,7 +480,9 @@ class Sender:
             self.result.sent_now += 1
         else:
             self.result.failed += 1
-        await self.committer.write(
+        # Not awaited: the connection moves on to the next mail, whose 'sending' write
+        # is committed after this one (FIFO), before its DATA. Committer.stop() flushes.
+        self.committer.post(
             m.Outcome(self.cid, rec.member.id, status, time.time(), error=why, attempts_inc=1)
         )
         self._check_gauge(why)
