@@ -31,7 +31,7 @@ def _out(data: Any) -> None:
 
 
 def data_dir(args: argparse.Namespace, cfg: chconfig.Config) -> Path:
-    if args.data:
+    if getattr(args, "data", None):
         return Path(args.data)
     if cfg.shop.data_dir:
         return Path(cfg.shop.data_dir)
@@ -274,10 +274,17 @@ async def serve_cmd(a: argparse.Namespace, cfg: chconfig.Config, store: Store) -
 
 
 def build_parser() -> argparse.ArgumentParser:
+    # SUPPRESS: a subcommand's copy of an option must not reset what was given before it.
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--data", metavar="DIR", help="the shop's data folder")
-    common.add_argument("--config", metavar="FILE", help="config file (default: XDG)")
-    common.add_argument("-v", "--verbose", action="store_true", help="log what happens")
+    common.add_argument(
+        "--data", metavar="DIR", default=argparse.SUPPRESS, help="the shop's data folder"
+    )
+    common.add_argument(
+        "--config", metavar="FILE", default=argparse.SUPPRESS, help="config file (default: XDG)"
+    )
+    common.add_argument(
+        "-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="log more"
+    )
     p = argparse.ArgumentParser(
         prog="chmail-shop", description=__doc__.splitlines()[0], parents=[common]
     )
@@ -376,7 +383,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 async def _main(args: argparse.Namespace) -> int:
-    cfg = chconfig.load(args.config)
+    cfg = chconfig.load(getattr(args, "config", None))
     store = await Store.open(data_dir(args, cfg))
     try:
         fn: Handler = args.func
@@ -388,7 +395,7 @@ async def _main(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING,
+        level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
     try:

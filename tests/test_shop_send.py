@@ -35,3 +35,53 @@ async def test_send_thousand_members_each_once(tmp_path: Path) -> None:
     finally:
         await store.close()
         server.close()
+
+
+async def test_4xx_retried_and_5xx_failed_with_servers_words(tmp_path: Path) -> None:
+    """Greylisting (451 at RCPT, 452 after DATA) is retried; 550 fails with its reply."""
+    sink = Sink()
+    sink.temp_fail["m1@example.com"] = 2
+    sink.data_temp_fail["m2@example.com"] = 1
+    sink.perm_fail.add("m3@example.com")
+    server, port = await start_sink(sink)
+    store = await seeded_store(tmp_path / "data", 20)
+    try:
+        cfg = shop_config(port)
+        cid = await campaigns.create(store, cfg, name="g", subject="s", body="b", sku="A-100")
+        res = await Sender(store, cfg, cid).run()
+        assert res.status == "done"
+        assert res.retried == 3
+        assert sink.by_rcpt["m1@example.com"] == 1
+        assert sink.by_rcpt["m2@example.com"] == 1
+        assert "m3@example.com" not in sink.by_rcpt
+        assert await store.failures(cid) == [("m3@example.com", "550 5.1.1 No such user here")]
+        assert (await store.counts(cid))["sent"] == 19
+    finally:
+        await store.close()
+        server.close()
+
+
+async def test_error_threshold_pauses_then_resume_finishes(tmp_path: Path) -> None:
+    """Past the error threshold the send pauses itself; resume mails the rest once."""
+    sink = Sink()
+    sink.perm_fail.update(f"m{i}@example.com" for i in range(5, 15))
+    server, port = await start_sink(sink)
+    store = await seeded_store(tmp_path / "data", 60)
+    try:
+        cfg = shop_config(port, error_threshold=0.2, error_min_sample=10, pool_size=1)
+        cid = await campaigns.create(store, cfg, name="p", subject="s", body="b", sku="A-100")
+        res = await Sender(store, cfg, cid).run()
+        assert res.status == "paused"
+        assert "paused itself" in res.reason
+        assert "550 5.1.1" in res.reason
+        assert (await store.counts(cid))["pending"] > 0
+        sink.perm_fail.clear()
+        again = await Sender(
+            store, cfg.__class__(**{**cfg.__dict__, "error_threshold": 0.9}), cid
+        ).run()
+        assert again.status == "done"
+        assert all(n == 1 for n in sink.by_rcpt.values())
+        assert len(sink.by_rcpt) + (await store.counts(cid))["failed"] == 60
+    finally:
+        await store.close()
+        server.close()
