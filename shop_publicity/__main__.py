@@ -234,11 +234,9 @@ async def board_cmd(a: argparse.Namespace, cfg: chconfig.Config, store: Store) -
         else:
             print(boardmod.render_text(b))
         return 0
-    try:
+    if sys.stdout.isatty():
         from shop_publicity.tui.board import run_board
-    except ImportError:  # pragma: no cover - textual is a dependency
-        run_board = None
-    if run_board is not None and sys.stdout.isatty():
+
         await run_board(store, a.campaign)
         return 0
     stop = asyncio.Event()

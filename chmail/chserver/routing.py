@@ -1,0 +1,455 @@
+"""Operator routing for campaign chats (mall publicity, patent S207-S219).
+
+Rules:
+
+* The shop (logged in with the CH login that owns its campaign mails) registers each
+  campaign's operator pool with ``route_pool``; pools live in memory and the shop sends
+  them again on every (re)connect, so there is no second copy to drift.
+* A ``call`` on a mail whose lease belongs to a pool owner and whose X-CH-Context names
+  a campaign with a pool is routed (S209-S213): among the pool's operators that are
+  online and below their capacity, the one with the fewest calls in progress (ties: the
+  one that was given a call longest ago) is rung instead of the owner.
+* All online operators at capacity: the member waits in the campaign's queue, first
+  come first served, and is told the position (``call_state`` ``queued``), again each
+  time the queue moves; a hang-up leaves the queue. When an operator's call ends, the
+  head of the queue is routed.
+* No operator of the pool online: the call goes to the operator given one longest ago;
+  that operator is offline, so the call service leaves the alarm (S117) and a member's
+  request is never lost.
+* An operator may call a member of a campaign (``route_dial``, S209); an offline member
+  gets an alarm, shown at the next login and mailed (S215-S219).
+* Every step is pushed to the pool's owner as ``route_event`` so the shop can count
+  chats asked / answered / waiting and time to answer (the live board).
+* ``brief`` from a pool owner is forwarded only to an operator of one of its pools;
+  ``route_tag`` from an operator reaches only the owner of that operator's call.
+
+Hooked into :class:`~chmail.chserver.calls.CallService` through its ``router``
+attribute (calls.py asks :meth:`Router.route` for the callee, and tells
+:meth:`Router.on_state` when a call is answered or gone).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from chmail import headers
+from chmail import protocol as p
+from chmail import protocol_routing as r
+from chmail.chserver import chatstore
+from chmail.errors import ChatError, HeaderError
+
+if TYPE_CHECKING:
+    from chmail.chserver.calls import ActiveCall, CallService
+
+log = logging.getLogger(__name__)
+
+MAX_POOL = 200
+MAX_CAPACITY = 50
+
+
+@dataclass
+class Pool:
+    owner: str
+    campaign: int
+    operators: list[str]
+    capacity: int
+    queue: deque[Queued] = field(default_factory=deque)
+
+
+@dataclass
+class Queued:
+    ticket: int  # negative: never a real call id
+    caller: str
+    msg: p.Call
+    at: float
+
+
+@dataclass
+class Routed:
+    """What the router knows of a campaign call it placed."""
+
+    pool: Pool
+    caller: str
+    operator: str
+    asked_at: float
+    answered: bool = False
+
+
+def pick(
+    operators: list[str],
+    online: set[str],
+    load: dict[str, int],
+    capacity: int,
+    last_given: dict[str, float],
+) -> str | None:
+    """The least busy online operator below capacity, or None. Pure."""
+    free = [o for o in operators if o in online and load.get(o, 0) < capacity]
+    if not free:
+        return None
+    return min(free, key=lambda o: (load.get(o, 0), last_given.get(o, 0.0), operators.index(o)))
+
+
+class Router:
+    def __init__(self, calls: CallService) -> None:
+        self.calls = calls
+        self.seam = calls.seam
+        self.pools: dict[tuple[str, int], Pool] = {}
+        self.routed: dict[int, Routed] = {}  # call id -> routing facts
+        self.last_given: dict[str, float] = {}
+        self.tickets = itertools.count(1)
+        self._placing: set[tuple[str, str]] = set()  # queued calls being placed now
+        calls.router = self
+
+    # ------------------------------------------------------------------ requests
+
+    def set_pool(self, owner: str, msg: r.RoutePool) -> p.Ok:
+        if not 0 < len(msg.operators) <= MAX_POOL or not 1 <= msg.capacity <= MAX_CAPACITY:
+            raise ChatError(
+                f"a pool needs 1 to {MAX_POOL} operators and a capacity of 1 to {MAX_CAPACITY}",
+                code=p.E_INVALID,
+            )
+        for login in msg.operators:
+            headers.check_login(login)
+        key = (owner, msg.campaign)
+        old = self.pools.get(key)
+        pool = Pool(owner, msg.campaign, list(dict.fromkeys(msg.operators)), msg.capacity)
+        if old is not None:
+            pool.queue = old.queue
+        self.pools[key] = pool
+        return p.Ok(id=msg.id)
+
+    def forward_brief(self, owner: str, msg: r.Brief) -> p.Ok:
+        if not any(
+            pl.owner == owner and msg.operator in pl.operators for pl in self.pools.values()
+        ):
+            raise ChatError("that operator is not in any of your pools", code=p.E_INVALID)
+        self.seam.push(
+            msg.operator,
+            r.Brief(call=msg.call, operator=msg.operator, campaign=msg.campaign, data=msg.data),
+        )
+        return p.Ok(id=msg.id or 0)
+
+    def tag(self, operator: str, msg: r.RouteTag) -> p.Ok:
+        info = self.routed.get(msg.call)
+        if info is None or info.operator != operator:
+            raise ChatError("that is not a campaign chat of yours", code=p.E_NOT_FOUND)
+        self._event(
+            info.pool,
+            "tag",
+            call=msg.call,
+            member=info.caller,
+            operator=operator,
+            interests=[i[:40] for i in msg.interests[:20]],
+        )
+        return p.Ok(id=msg.id)
+
+    async def dial(self, operator: str, msg: r.RouteDial) -> p.CallState:
+        """S209: an operator calls a member; offline -> alarm (S215-S219)."""
+        pool = next(
+            (
+                pl
+                for pl in self.pools.values()
+                if pl.campaign == msg.campaign and operator in pl.operators
+            ),
+            None,
+        )
+        if pool is None:
+            raise ChatError("you are not an operator of that campaign", code=p.E_INVALID)
+        member = headers.check_login(msg.member)
+        subject = msg.subject or f"campaign {msg.campaign}"
+        self._event(pool, "dialled", member=member, operator=operator)
+        if not self.seam.is_online(member):
+            now = time.time()
+            call_id = await chatstore.create_call(
+                self.seam.db,
+                caller=operator,
+                callee=member,
+                port=0,
+                lease=0,
+                message_id="",
+                subject=subject,
+                state="alarmed",
+                now=now,
+            )
+            await self.calls.alarms.raise_alarm(
+                login=member,
+                caller=operator,
+                call_id=call_id,
+                subject=subject,
+                message_id="",
+                port=0,
+                mail=True,
+            )
+            return p.CallState(
+                id=msg.id,
+                call=call_id,
+                state="alarmed",
+                peer=member,
+                subject=subject,
+                message=f"{member} is offline; they will be alarmed",
+            )
+        return await self._ring_member(operator, member, subject, pool, msg.id)
+
+    async def _ring_member(
+        self, operator: str, member: str, subject: str, pool: Pool, req: int
+    ) -> p.CallState:
+        from chmail.chserver.calls import ActiveCall
+
+        hub = self.calls.hub
+        hub.check_limit(operator)
+        hub.check_limit(member)
+        now = time.time()
+        session = await hub.open(
+            port=0,
+            lease=0,
+            owner=operator,
+            message_id="",
+            subject=subject,
+            host=self.seam.public_host,
+            listen=False,
+        )
+        session.port = await session.listen(hub.bind_host, 0)
+        call_id = await chatstore.create_call(
+            self.seam.db,
+            caller=operator,
+            callee=member,
+            port=session.port,
+            lease=0,
+            message_id="",
+            subject=subject,
+            state="ringing",
+            now=now,
+        )
+        await hub.admit(session, operator)
+        await hub.admit(session, member)
+        call = ActiveCall(
+            call_id, operator, member, session, subject, "", host=self.seam.public_host
+        )
+        loop = asyncio.get_running_loop()
+        call.placement = loop.create_future()
+        call.placement.set_result(self.seam.public_host)
+        self.calls.calls[call_id] = call
+        self.calls.by_session[session.id] = call
+        call.ringer = loop.create_task(self.calls._ring(call))
+        return p.CallState(
+            id=req,
+            call=call_id,
+            state="ringing",
+            peer=member,
+            subject=subject,
+            message=f"ringing {member}…",
+            port=session.port,
+            session=session.id,
+        )
+
+    # ------------------------------------------------------------------ hooks from calls
+
+    def pool_for(self, owner: str, context: str) -> Pool | None:
+        if not context:
+            return None
+        try:
+            campaign = headers.parse_context(context).get("campaign", "")
+        except HeaderError:
+            return None
+        if not campaign.isdigit():
+            return None
+        return self.pools.get((owner, int(campaign)))
+
+    async def route(self, caller: str, msg: p.Call, owner: str) -> str | p.CallState:
+        """The login to ring for this call: an operator, the owner, or a queue ticket."""
+        pool = self.pool_for(owner, msg.context)
+        if pool is None:
+            return owner
+        requeued = (caller, msg.message_id) in self._placing
+        if not requeued:
+            self._event(pool, "asked", member=caller)
+        chosen = self._choose(pool)
+        if chosen is not None:
+            return chosen
+        ticket = -next(self.tickets)
+        entry = Queued(ticket, caller, msg, time.time())
+        if requeued:
+            pool.queue.appendleft(entry)  # lost a race for the operator: stays first
+        else:
+            pool.queue.append(entry)
+        pos = pool.queue.index(entry) + 1
+        self._event(pool, "queued", member=caller, position=pos)
+        return p.CallState(
+            id=msg.id,
+            call=ticket,
+            state="queued",
+            peer=owner,
+            subject=msg.subject,
+            message_id=msg.message_id,
+            message=_queued_text(pos),
+        )
+
+    def _choose(self, pool: Pool) -> str | None:
+        online = {o for o in pool.operators if self.seam.is_online(o)}
+        load = self._load()
+        if online:
+            return pick(pool.operators, online, load, pool.capacity, self.last_given)
+        # nobody online: the least recently given operator gets the alarm (S117)
+        return min(
+            pool.operators, key=lambda o: (self.last_given.get(o, 0.0), pool.operators.index(o))
+        )
+
+    def _load(self) -> dict[str, int]:
+        load: dict[str, int] = {}
+        for c in self.calls.calls.values():
+            if c.state in ("ringing", "accepted"):
+                load[c.callee] = load.get(c.callee, 0) + 1
+        return load
+
+    def placed(
+        self, call_id: int, caller: str, callee: str, owner: str, msg: p.Call, state: str
+    ) -> None:
+        """calls.py placed a routed call (``ringing``, or ``alarmed`` when the operator
+        is offline): remember and report it."""
+        pool = self.pool_for(owner, msg.context)
+        if pool is None:
+            return
+        self.last_given[callee] = time.time()
+        self._event(pool, "routed", call=call_id, member=caller, operator=callee)
+        if state == "ringing":
+            self.routed[call_id] = Routed(pool, caller, callee, time.time())
+        else:
+            self._event(pool, "ended", call=call_id, member=caller, operator=callee)
+
+    def on_state(self, call: ActiveCall) -> None:
+        """calls.py: ``call`` was answered, or is over (missed, declined, ended, ...)."""
+        info = self.routed.get(call.id)
+        if info is None:
+            return
+        if call.state == "accepted" and not info.answered:
+            info.answered = True
+            self._event(
+                info.pool,
+                "answered",
+                call=call.id,
+                member=info.caller,
+                operator=info.operator,
+                wait=time.time() - info.asked_at,
+            )
+            return
+        if call.state in ("ringing", "accepted"):
+            return
+        self.routed.pop(call.id, None)
+        self._event(
+            info.pool,
+            "ended",
+            call=call.id,
+            member=info.caller,
+            operator=info.operator,
+            answered=info.answered,
+        )
+        self._serve_queue(info.pool)
+
+    def cancel(self, login: str, ticket: int) -> p.CallState | None:
+        """A queued member hung up: leave the queue."""
+        for pool in self.pools.values():
+            for q in list(pool.queue):
+                if q.ticket == ticket and q.caller == login:
+                    pool.queue.remove(q)
+                    self._event(pool, "ended", member=login, answered=False)
+                    self._tell_positions(pool)
+                    return p.CallState(
+                        call=ticket,
+                        state="cancelled",
+                        peer=pool.owner,
+                        message="you left the queue",
+                    )
+        return None
+
+    def _serve_queue(self, pool: Pool) -> None:
+        if not pool.queue or self._choose_online(pool) is None:
+            return
+        q = pool.queue.popleft()
+        self._tell_positions(pool)
+        self.calls.hub.spawn(self._place_queued(pool, q))
+
+    def _choose_online(self, pool: Pool) -> str | None:
+        online = {o for o in pool.operators if self.seam.is_online(o)}
+        return pick(pool.operators, online, self._load(), pool.capacity, self.last_given)
+
+    async def _place_queued(self, pool: Pool, q: Queued) -> None:
+        key = (q.caller, q.msg.message_id)
+        self._placing.add(key)
+        try:
+            # Re-enters calls.call(): the link is checked again and the operator chosen
+            # now; its "asked" event was counted when the member first asked.
+            state = await self.calls.call(q.caller, q.msg)
+        except Exception as exc:  # the member is told, the queue carries on
+            log.info("queued call of %s could not be placed: %s", q.caller, exc)
+            state = p.CallState(
+                call=q.ticket,
+                state="missed",
+                peer=pool.owner,
+                message=f"the chat could not be started: {exc}",
+            )
+        finally:
+            self._placing.discard(key)
+        self.seam.push(q.caller, _as_push(state, q.ticket))
+
+    def _tell_positions(self, pool: Pool) -> None:
+        for i, q in enumerate(pool.queue, start=1):
+            self.seam.push(
+                q.caller,
+                p.CallState(
+                    call=q.ticket,
+                    state="queued",
+                    peer=pool.owner,
+                    subject=q.msg.subject,
+                    message_id=q.msg.message_id,
+                    message=_queued_text(i),
+                ),
+            )
+
+    def _event(
+        self,
+        pool: Pool,
+        kind: str,
+        *,
+        call: int = 0,
+        member: str = "",
+        operator: str = "",
+        wait: float = 0.0,
+        position: int = 0,
+        answered: bool = False,
+        interests: list[str] | None = None,
+    ) -> None:
+        self.seam.push(
+            pool.owner,
+            r.RouteEvent(
+                kind=kind,
+                campaign=pool.campaign,
+                call=call,
+                member=member,
+                operator=operator,
+                at=time.time(),
+                wait=wait,
+                position=position,
+                answered=answered,
+                interests=interests or [],
+            ),
+        )
+
+
+def _queued_text(pos: int) -> str:
+    ahead = "you are next" if pos == 1 else f"you are number {pos} in the queue"
+    return f"all our operators are busy; {ahead}"
+
+
+def _as_push(state: p.CallState, ticket: int) -> p.CallState:
+    d = state.to_wire()
+    d.pop("t", None)
+    d["id"] = None
+    d.setdefault("message", "")
+    d["message"] = (d["message"] + f" (queue ticket {ticket})").strip()
+    return p.CallState(**d)

@@ -1,0 +1,1 @@
+"""The back office's Textual screens (the only shop package that imports textual)."""
