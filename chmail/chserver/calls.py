@@ -32,7 +32,8 @@ import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 import aiosqlite
 
@@ -41,15 +42,17 @@ from chmail import protocol as p
 from chmail.chserver import chatstore
 from chmail.chserver.alarms import AlarmService, clean_subject
 from chmail.chserver.chathub import SessionHub
+from chmail.chserver.direct import place_direct
 from chmail.chserver.sessions import ChatSession
 from chmail.config import ServerConfig
 from chmail.errors import ChatError, HeaderError, LinkInvalid
 
+if TYPE_CHECKING:  # routing (issue 6) hooks in through CallService.router
+    from chmail.chserver.routing import Router
+
 log = logging.getLogger(__name__)
 
 WINDOW = 60.0  # seconds of the ring rate limits
-DIRECT_ANSWER_TIMEOUT = 3.0  # the callee's client must say whether it hosts by then
-PROBE_TIMEOUT = 1.0
 
 NOT_RECIPIENT = "you are not one of this mail's recipients, so you cannot ring its sender"
 
@@ -121,6 +124,7 @@ class CallService:
         self.per_caller = RateLimit(self.config.rings_per_minute_per_caller)
         self.per_callee = RateLimit(self.config.rings_per_minute_per_callee)
         hub.on_end.append(self._session_ended)
+        self.router: Router | None = None  # campaign chats -> operators (routing.py)
 
     async def start(self) -> None:
         """Calls a stopped server left ringing are missed now."""
@@ -172,7 +176,12 @@ class CallService:
 
     async def call(self, caller: str, msg: p.Call) -> p.CallState:
         link, lease = await self.check_link(caller, msg)
-        callee = lease.record.login
+        callee = owner = lease.record.login
+        if self.router is not None:  # a campaign mail: ring an operator, or queue
+            routed = await self.router.route(caller, msg, owner)
+            if isinstance(routed, p.CallState):
+                return routed
+            callee = routed
         if callee == caller:
             raise ChatError("this is your own mail; there is nobody to ring", code=p.E_INVALID)
         subject = clean_subject(msg.subject)
@@ -230,6 +239,8 @@ class CallService:
                 port=link.port,
                 mail=True,
             )
+            if self.router is not None:
+                self.router.placed(call_id, caller, callee, owner, msg, "alarmed")
             return p.CallState(
                 id=msg.id,
                 call=call_id,
@@ -275,10 +286,12 @@ class CallService:
         loop = asyncio.get_running_loop()
         call.placement = loop.create_future()
         if direct:
-            loop.create_task(self._place_direct(call, direct))
+            self.hub.spawn(place_direct(self, call, direct))
         else:
             call.placement.set_result(self.seam.public_host)
         call.ringer = loop.create_task(self._ring(call))
+        if self.router is not None:
+            self.router.placed(call_id, caller, callee, owner, msg, "ringing")
         return p.CallState(
             id=msg.id,
             call=call_id,
@@ -303,6 +316,8 @@ class CallService:
         call.state = "accepted"
         if call.ringer is not None:
             call.ringer.cancel()
+        if self.router is not None:
+            self.router.on_state(call)
         assert call.placement is not None
         call.host = await call.placement
         await chatstore.set_call_state(self.seam.db, call.id, "accepted", now=time.time())
@@ -314,6 +329,10 @@ class CallService:
         return self._state(call, "accepted", peer=call.caller, token=s.admit(login), id=msg.id)
 
     async def hangup(self, login: str, msg: p.Hangup) -> p.CallState:
+        if self.router is not None and msg.call < 0:  # leaving an operator queue
+            left = self.router.cancel(login, msg.call)
+            if left is not None:
+                return replace(left, id=msg.id)
         call = self.calls.get(msg.call)
         if call is None or login not in (call.caller, call.callee):
             raise ChatError("there is no such call of yours", code=p.E_NOT_FOUND)
@@ -395,6 +414,8 @@ class CallService:
     def _forget(self, call: ActiveCall) -> None:
         self.calls.pop(call.id, None)
         self.by_session.pop(call.session.id, None)
+        if self.router is not None:
+            self.router.on_state(call)
         if call.hosting is not None and not call.hosting.done():
             call.hosting.cancel()
 
@@ -436,53 +457,3 @@ class CallService:
             session=s.id,
             token=token,
         )
-
-    # ------------------------------------------------------------------ direct mode
-
-    async def _place_direct(self, call: ActiveCall, host: str) -> None:
-        """Ask the callee's client to host; probe it; fall back to relay on any failure."""
-        assert call.placement is not None
-        loop = asyncio.get_running_loop()
-        call.hosting = loop.create_future()
-        s = call.session
-        ok = False
-        try:
-            pushed = self.seam.push(
-                call.callee,
-                p.HostChat(
-                    call=call.id,
-                    session=s.id,
-                    port=s.port,
-                    secret=s.secret.hex(),
-                    subject=call.subject,
-                    message_id=call.message_id,
-                ),
-            )
-            if pushed:
-                reply = await asyncio.wait_for(call.hosting, DIRECT_ANSWER_TIMEOUT)
-                ok = reply.ok and await probe(host, s.port)
-        except (TimeoutError, asyncio.CancelledError):
-            ok = False
-        if ok:
-            log.info("call %d: direct session on %s:%d", call.id, host, s.port)
-            call.placement.set_result(host)
-            return
-        log.info("call %d: direct host %s:%d unreachable; relaying", call.id, host, s.port)
-        self.seam.push(call.callee, p.HostChat(call=call.id, session=s.id, port=s.port, stop=True))
-        try:
-            await self.hub.relay(s, self.seam.public_host)
-        except OSError as exc:
-            log.error("call %d: relay fallback failed: %s", call.id, exc)
-        call.placement.set_result(self.seam.public_host)
-
-
-async def probe(host: str, port: int, timeout: float = PROBE_TIMEOUT) -> bool:
-    """Can a TCP connection to ``host:port`` be made within ``timeout``?"""
-    try:
-        _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
-    except (OSError, TimeoutError):
-        return False
-    writer.close()
-    with contextlib.suppress(OSError):
-        await writer.wait_closed()
-    return True
