@@ -87,6 +87,7 @@ class EndpointConfig:
     user: str = ""
     password_command: str = ""
     keyring: bool = False
+    ca_file: str = ""  # extra CA certificate(s) to trust (PEM), e.g. a self-signed server
 
 
 @dataclass(frozen=True)
