@@ -46,6 +46,7 @@ from chmail.errors import ChatError, HeaderError
 
 if TYPE_CHECKING:
     from chmail.chserver.calls import ActiveCall, CallService
+    from chmail.chserver.server import ChServer, Context
 
 log = logging.getLogger(__name__)
 
@@ -453,3 +454,33 @@ def _as_push(state: p.CallState, ticket: int) -> p.CallState:
     d.setdefault("message", "")
     d["message"] = (d["message"] + f" (queue ticket {ticket})").strip()
     return p.CallState(**d)
+
+
+def install(server: ChServer) -> Router:
+    """Wire routing into a server whose chat wiring put its CallService in
+    ``server.extensions["calls"]``; registers the routing requests."""
+    calls: CallService = server.extensions["calls"]
+    router = Router(calls)
+    server.extensions["routing"] = router
+
+    async def on_pool(ctx: Context, msg: r.RoutePool) -> p.Message:
+        assert ctx.login is not None
+        return router.set_pool(ctx.login, msg)
+
+    async def on_brief(ctx: Context, msg: r.Brief) -> p.Message:
+        assert ctx.login is not None
+        return router.forward_brief(ctx.login, msg)
+
+    async def on_tag(ctx: Context, msg: r.RouteTag) -> p.Message:
+        assert ctx.login is not None
+        return router.tag(ctx.login, msg)
+
+    async def on_dial(ctx: Context, msg: r.RouteDial) -> p.Message:
+        assert ctx.login is not None
+        return await router.dial(ctx.login, msg)
+
+    server.register("route_pool", on_pool)
+    server.register("brief", on_brief)
+    server.register("route_tag", on_tag)
+    server.register("route_dial", on_dial)
+    return router
