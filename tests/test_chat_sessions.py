@@ -58,15 +58,25 @@ class Env:
         self.clients: list[SessionClient] = []
 
     async def start_hub(self) -> SessionHub:
-        self.hub = SessionHub(self.db, self.path, KEY, self.config, "127.0.0.1")
+        self.hub = SessionHub(
+            self.db, self.path.with_name("chat.sqlite"), KEY, self.config, "127.0.0.1"
+        )
         await self.hub.start()
         return self.hub
+
+    def messages(self, session_id: int) -> list[chatstore.StoredMessage]:
+        assert self.hub is not None and self.hub.log is not None
+        return self.hub.log.load(session_id)
 
     async def session(self, *logins: str, port: int | None = None) -> ChatSession:
         assert self.hub is not None
         s = await self.hub.open(
-            port=port or free_port(), lease=1, owner=logins[0], message_id="<m1@test>",
-            subject="Lunch?", host="127.0.0.1",
+            port=port or free_port(),
+            lease=1,
+            owner=logins[0],
+            message_id="<m1@test>",
+            subject="Lunch?",
+            host="127.0.0.1",
         )
         for login in logins:
             await self.hub.admit(s, login)
@@ -106,7 +116,7 @@ async def test_messages_flow_both_ways_in_seq_order(env: Env) -> None:
     back = await next_event(a, Line, lambda ev: not ev.mine)
     assert back.text == "hi alice" and back.login == "bob"
     await next_event(b, Stored)
-    stored = await chatstore.load_messages(env.db, s.id)
+    stored = env.messages(s.id)
     assert [(m.seq, m.sender, m.text) for m in stored] == [
         (1, "alice", "hi bob"),
         (2, "bob", "hi alice"),
@@ -132,7 +142,7 @@ async def test_resend_with_same_cid_is_stored_once(env: Env) -> None:
             said += [m for m in conn.events() if isinstance(m, p.Said)]
     assert [m.seq for m in said] == [1, 1]
     writer.close()
-    assert len(await chatstore.load_messages(env.db, s.id)) == 1
+    assert len(env.messages(s.id)) == 1
 
 
 async def test_dropped_member_reconnects_and_gets_what_it_missed(env: Env) -> None:

@@ -1,9 +1,9 @@
 """The CH server's chat sessions: opens them, finds them, reopens them after a restart.
 
 A relay-mode session is a :class:`~chmail.chserver.sessions.ChatSession` listening on
-its port on the server's host; its messages go to SQLite through one
-:class:`~chmail.chserver.chatstore.MessageWriter` shared by all sessions (group
-commit), its membership and end through the server's aiosqlite connection. At start
+its port on the server's host; its messages go to the
+:class:`~chmail.chserver.chatstore.MessageLog` (``<data>/chat.sqlite``) shared by all
+sessions, its membership and end through the server's aiosqlite connection. At start
 every session the database still calls open gets its listener back on the same port
 with its history, so clients that reconnect with ``last_seq`` lose nothing.
 """
@@ -20,7 +20,7 @@ from typing import Any
 import aiosqlite
 
 from chmail.chserver import chatstore
-from chmail.chserver.chatstore import Done, MessageRow, MessageWriter
+from chmail.chserver.chatstore import MessageLog, MessageRow
 from chmail.chserver.sessions import ChatSession, session_secret
 from chmail.config import ServerConfig
 from chmail.errors import ChatError
@@ -36,8 +36,9 @@ class _DbBackend:
     def __init__(self, hub: SessionHub) -> None:
         self.hub = hub
 
-    def persist(self, rows: list[MessageRow], done: Done) -> None:
-        self.hub.writer.submit(rows, done)
+    def persist(self, rows: list[MessageRow]) -> BaseException | None:
+        assert self.hub.log is not None
+        return self.hub.log.append(rows)
 
     def joined(self, session: ChatSession, login: str) -> None:
         self.hub.spawn(chatstore.add_member(self.hub.db, session.id, login, time.time()))
@@ -67,7 +68,7 @@ class SessionHub:
     def __init__(
         self,
         db: aiosqlite.Connection,
-        db_path: str | Path,
+        messages_path: str | Path,
         key: bytes,
         config: ServerConfig,
         bind_host: str,
@@ -76,7 +77,8 @@ class SessionHub:
         self.key = key
         self.config = config
         self.bind_host = bind_host
-        self.writer = MessageWriter(db_path)
+        self.messages_path = messages_path
+        self.log: MessageLog | None = None
         self.sessions: dict[int, ChatSession] = {}
         self.on_end: list[EndHook] = []
         self._backend = _DbBackend(self)
@@ -93,17 +95,17 @@ class SessionHub:
             log.error("chat store update failed: %s", task.exception())
 
     async def start(self) -> None:
-        """Start the writer and reopen the sessions left open by the last run."""
-        await asyncio.to_thread(self.writer.start)
+        """Open the message log and reopen the sessions left open by the last run."""
+        self.log = await MessageLog.open(self.messages_path)
         for row in await chatstore.open_sessions(self.db):
             if row.mode != "relay":
                 await chatstore.end_session(
                     self.db, row.id, reason="server", now=time.time(), last_active=row.last_active
                 )
                 continue
-            history = await chatstore.load_messages(self.db, row.id)
+            history = self.log.load(row.id)
             members = await chatstore.members(self.db, row.id)
-            session = self._make(row, history=history, members=members)
+            session = self._make(row, history=history, members=members, reopened=True)
             try:
                 await session.listen(self.bind_host)
             except OSError as exc:
@@ -121,7 +123,9 @@ class SessionHub:
         self.sessions.clear()
         if self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
-        await asyncio.to_thread(self.writer.close)
+        if self.log is not None:
+            self.log.close()
+            self.log = None
 
     def _make(
         self,
@@ -129,6 +133,7 @@ class SessionHub:
         *,
         history: list[chatstore.StoredMessage] | None = None,
         members: dict[str, int] | None = None,
+        reopened: bool = False,
     ) -> ChatSession:
         cfg = self.config
         session = ChatSession(
@@ -146,6 +151,7 @@ class SessionHub:
             history=history or (),
             members=members,
             last_active=row.last_active,
+            reopened=reopened,
         )
         session.on_end.extend(self.on_end)
         self.sessions[row.id] = session
@@ -200,6 +206,8 @@ class SessionHub:
         if listen:
             try:
                 await session.listen(self.bind_host)
+                if port == 0:  # an ephemeral port: record the one we got
+                    await chatstore.set_session_port(self.db, sid, session.port)
             except OSError as exc:
                 session.end("port unavailable")
                 raise ChatError(

@@ -2,29 +2,25 @@
 
 Two ways in:
 
-* small async functions over the server's aiosqlite connection, for the rare writes
-  (a call, a session opening or ending, an alarm);
-* :class:`MessageWriter`, a thread with its own SQLite connection that stores chat
-  messages in batches (group commit): everything that arrived while the previous
-  batch was being written goes into the next transaction. A message is acknowledged
-  and fanned out only after its batch committed, so what a client was told is stored
-  survives a SIGKILL of the server (WAL, ``synchronous=NORMAL``: the commit reaches
-  the OS before we answer).
+* small async functions over the server's aiosqlite connection (``chserver.sqlite``)
+  for the rare writes: a call, a session opening or ending, a member, an alarm;
+* :class:`MessageLog`, the chat messages themselves, in ``chat.sqlite`` with a
+  synchronous connection of its own, written in batches from the event loop.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import queue
 import sqlite3
-import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import aiosqlite
 
+from chmail import migrate
 from chmail.errors import StoreError
 
 log = logging.getLogger(__name__)
@@ -45,8 +41,9 @@ class SessionRow:
     last_active: float
 
 
-@dataclass(frozen=True)
-class StoredMessage:
+class StoredMessage(NamedTuple):
+    """One chat message (a NamedTuple: it is made once per message on the hot path)."""
+
     seq: int
     sender: str
     cid: str
@@ -134,6 +131,11 @@ async def open_session_on_port(db: aiosqlite.Connection, port: int) -> SessionRo
     return SessionRow(*row) if row else None
 
 
+async def set_session_port(db: aiosqlite.Connection, session_id: int, port: int) -> None:
+    await db.execute("UPDATE chat_sessions SET port = ? WHERE id = ?", (port, session_id))
+    await db.commit()
+
+
 async def set_session_host(db: aiosqlite.Connection, session_id: int, mode: str, host: str) -> None:
     await db.execute(
         "UPDATE chat_sessions SET mode = ?, host = ? WHERE id = ?", (mode, host, session_id)
@@ -196,21 +198,6 @@ async def members(db: aiosqlite.Connection, session_id: int) -> dict[str, int]:
         (session_id,),
     ) as cur:
         return {str(r[0]): int(r[1]) for r in await cur.fetchall()}
-
-
-async def load_messages(
-    db: aiosqlite.Connection, session_id: int, *, after: int = 0, limit: int = 1_000_000
-) -> list[StoredMessage]:
-    async with db.execute(
-        "SELECT seq, sender, cid, text, ts FROM chat_messages WHERE session_id = ? AND seq > ?"
-        " ORDER BY seq LIMIT ?",
-        (session_id, after, limit),
-    ) as cur:
-        return [StoredMessage(*r) for r in await cur.fetchall()]
-
-
-async def session_messages(db: aiosqlite.Connection, session_id: int) -> list[StoredMessage]:
-    return await load_messages(db, session_id)
 
 
 # ----------------------------------------------------------------------------- calls
@@ -334,86 +321,62 @@ async def unmailed_alarms(db: aiosqlite.Connection) -> list[AlarmRow]:
         return [AlarmRow(*r) for r in await cur.fetchall()]
 
 
-# ----------------------------------------------------------------------------- message writer
+# ----------------------------------------------------------------------------- message log
 
 # (session_id, seq, sender, cid, text, ts)
 MessageRow = tuple[int, int, str, str, str, float]
-Done = Callable[[BaseException | None], None]
 
 
-class MessageWriter:
-    """Stores chat messages from a thread of its own, many per transaction.
+class MessageLog:
+    """Chat messages, in a database file of their own, written from the event loop.
 
-    ``submit(rows, done)`` queues rows; ``done(None)`` (or ``done(error)``) is called
-    from the writer thread once they are committed, so the caller passes a callback
-    that hops back to its event loop (``loop.call_soon_threadsafe``).
+    Only this connection writes that file, so a write never waits for a lock, and a
+    batch (everything that arrived in one turn of the loop) is one short transaction:
+    no thread hop and no GIL hand-off on the hot path. WAL with ``synchronous=NORMAL``:
+    a committed batch survives a crash of the process (not of the machine).
     """
 
-    def __init__(self, path: str | Path) -> None:
-        self._path = str(path)
-        self._queue: queue.SimpleQueue[tuple[list[MessageRow], Done] | None] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._run, name="chat-writer", daemon=True)
-        self._ready = threading.Event()
-        self._error: BaseException | None = None
+    def __init__(self, conn: sqlite3.Connection, path: str) -> None:
+        self._conn = conn
+        self.path = path
 
-    def start(self) -> None:
-        self._thread.start()
-        self._ready.wait()
-        if self._error is not None:
-            raise StoreError(f"Cannot open the chat message store {self._path}: {self._error}.")
-
-    def submit(self, rows: list[MessageRow], done: Done) -> None:
-        self._queue.put((rows, done))
-
-    def close(self) -> None:
-        if self._thread.is_alive():
-            self._queue.put(None)
-            self._thread.join()
-
-    def _run(self) -> None:
+    @classmethod
+    async def open(cls, path: str | Path) -> MessageLog:
+        db = await migrate.connect(path, "chat")  # create or upgrade the schema
+        await db.close()
         try:
-            conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+            conn = sqlite3.connect(str(path), isolation_level=None)
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("PRAGMA busy_timeout=5000")
         except sqlite3.Error as exc:
-            self._error = exc
-            self._ready.set()
-            return
-        self._ready.set()
+            raise StoreError(f"Cannot open the chat message store {path}: {exc}.") from exc
+        return cls(conn, str(path))
+
+    def append(self, rows: list[MessageRow]) -> StoreError | None:
+        """Store ``rows`` in one transaction; the error (not raised) if that failed."""
         try:
-            stop = False
-            while not stop:
-                item = self._queue.get()
-                batch: list[tuple[list[MessageRow], Done]] = []
-                if item is None:
-                    break
-                batch.append(item)
-                while True:  # group commit: take whatever else is waiting
-                    try:
-                        more = self._queue.get_nowait()
-                    except queue.Empty:
-                        break
-                    if more is None:
-                        stop = True
-                        break
-                    batch.append(more)
-                rows = [r for rs, _ in batch for r in rs]
-                err: BaseException | None = None
-                try:
-                    conn.execute("BEGIN IMMEDIATE")
-                    conn.executemany(
-                        "INSERT OR IGNORE INTO chat_messages"
-                        "(session_id, seq, sender, cid, text, ts) VALUES (?, ?, ?, ?, ?, ?)",
-                        rows,
-                    )
-                    conn.execute("COMMIT")
-                except sqlite3.Error as exc:
-                    log.error("storing %d chat messages failed: %s", len(rows), exc)
-                    err = StoreError(f"Chat messages could not be stored: {exc}.")
-                    with contextlib.suppress(sqlite3.Error):
-                        conn.execute("ROLLBACK")
-                for _, done in batch:
-                    done(err)
-        finally:
-            conn.close()
+            self._conn.execute("BEGIN IMMEDIATE")
+            self._conn.executemany(
+                "INSERT OR IGNORE INTO chat_messages(session_id, seq, sender, cid, text, ts)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+            self._conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            log.error("storing %d chat messages failed: %s", len(rows), exc)
+            with contextlib.suppress(sqlite3.Error):
+                self._conn.execute("ROLLBACK")
+            return StoreError(f"Chat messages could not be stored: {exc}.")
+        return None
+
+    def load(self, session_id: int, *, after: int = 0) -> list[StoredMessage]:
+        cur = self._conn.execute(
+            "SELECT seq, sender, cid, text, ts FROM chat_messages WHERE session_id = ?"
+            " AND seq > ? ORDER BY seq",
+            (session_id, after),
+        )
+        return [StoredMessage(*r) for r in cur.fetchall()]
+
+    def close(self) -> None:
+        self._conn.close()

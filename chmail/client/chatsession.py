@@ -122,6 +122,7 @@ class SessionClient:
         self._say_ids: dict[int, str] = {}  # request id -> cid, to match errors
         self.reconnects = 0
         self.max_text = 0
+        self._tick = asyncio.Event()
 
     # ------------------------------------------------------------------ public
 
@@ -161,6 +162,14 @@ class SessionClient:
 
     def mark_read(self, seq: int | None = None) -> None:
         self._send(p.Read(seq=self.last_seq if seq is None else seq))
+
+    async def changed(self) -> None:
+        """Wait for the next change: a message stored or the chat ended."""
+        await self._tick.wait()
+
+    def _changed(self) -> None:
+        self._tick.set()
+        self._tick = asyncio.Event()
 
     @property
     def pending(self) -> list[str]:
@@ -338,6 +347,7 @@ class SessionClient:
             cid = self._say_ids.pop(msg.id, "") if msg.id is not None else ""
             if cid and msg.code != p.E_INTERNAL:  # refused for good: do not resend it
                 self._pending.pop(cid, None)
+                self._changed()
             self.events.put_nowait(ErrorEvent(msg.message, cid))
 
     def _stored(self, cid: str, seq: int) -> None:
@@ -347,7 +357,9 @@ class SessionClient:
                 self.lines[i] = Line(seq, line.login, cid, text, line.ts, True)
                 break
         self.events.put_nowait(Stored(cid, seq))
+        self._changed()
 
     def _on_ended(self, msg: p.Ended) -> None:
         self.ended = EndedEvent(msg.reason, msg.by)
         self.events.put_nowait(self.ended)
+        self._changed()

@@ -1,7 +1,8 @@
--- Chat sessions, their members and messages, calls (rings) and alarms (issue 4).
+-- Chat sessions and their members, calls (rings) and alarms (issue 4).
 -- Times are unix seconds (REAL). Written only through chmail/chserver/chatstore.py.
 
--- One chat session per port at a time (state 'open'); an ended session keeps its history.
+-- A relay session per port at a time (state 'open'; the listener makes it unique, and a
+-- session opened on port 0 gets an ephemeral port); an ended session keeps its history.
 CREATE TABLE chat_sessions (
     id          INTEGER PRIMARY KEY,
     port        INTEGER NOT NULL,
@@ -17,7 +18,7 @@ CREATE TABLE chat_sessions (
     ended_at    REAL,
     end_reason  TEXT NOT NULL DEFAULT ''
 );
-CREATE UNIQUE INDEX chat_sessions_open_port ON chat_sessions(port) WHERE state = 'open';
+CREATE INDEX chat_sessions_open_port ON chat_sessions(port) WHERE state = 'open';
 
 CREATE TABLE chat_members (
     session_id INTEGER NOT NULL REFERENCES chat_sessions(id) ON DELETE CASCADE,
@@ -29,17 +30,8 @@ CREATE TABLE chat_members (
 );
 CREATE INDEX chat_members_login ON chat_members(login);
 
--- seq is per session, from 1; (sender, cid) makes a resend land on the same row.
-CREATE TABLE chat_messages (
-    session_id INTEGER NOT NULL REFERENCES chat_sessions(id) ON DELETE CASCADE,
-    seq        INTEGER NOT NULL,
-    sender     TEXT NOT NULL,
-    cid        TEXT NOT NULL,
-    text       TEXT NOT NULL,
-    ts         REAL NOT NULL,
-    PRIMARY KEY (session_id, seq),
-    UNIQUE (session_id, sender, cid)
-);
+-- The messages themselves live in their own database file (migrations/chat), written
+-- synchronously by the server's event loop; see chmail/chserver/chatstore.py.
 
 CREATE TABLE calls (
     id          INTEGER PRIMARY KEY,

@@ -1,0 +1,266 @@
+"""Chat benchmark: a real chat session against a bare asyncio relay, in the same run.
+
+    .venv/bin/python bench/chat.py [--messages 20000] [--pings 2000] [--calls 100]
+
+Figures (the last line is one JSON object):
+
+* relay_msgs_per_s: messages/s from A to B through a real relay-mode session (msgpack
+  decode and checks, seq numbers, SQLite group commit before fan-out, acks to A);
+  raw_relay_msgs_per_s: the same frames through a bare asyncio relay that only cuts
+  the byte stream into frames and forwards them; relay_ratio = the first / the second
+  (goal >= 0.7).
+* latency_p50_us / latency_p99_us: one message A -> session -> B, waiting for each;
+  raw_rtt_p50_us: the same trip through the bare relay; latency_p50_ratio (goal <= 2.5,
+  p99 goal <= 5 ms).
+* ring_p99_ms: chat key (``call``) to the callee's ``ring``; open_p99_ms: ``answer`` to
+  both sides joined on the session (goal <= 20 ms each). Needs the CH server and two
+  logged-in clients (chmail.chserver, chmail.client.chlink).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import socket
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import msgpack
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from chmail import migrate  # noqa: E402
+from chmail import protocol as p  # noqa: E402
+from chmail.chserver.chathub import SessionHub  # noqa: E402
+from chmail.config import ServerConfig  # noqa: E402
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def pct(values: list[float], q: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q * len(values)))]
+
+
+# ----------------------------------------------------------------------------- bare relay
+
+
+class RawRelay(asyncio.Protocol):
+    """Cuts the byte stream into frames and forwards them to the other peer. Nothing else."""
+
+    peers: list[RawRelay] = []
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self.buf = bytearray()
+        RawRelay.peers.append(self)
+
+    def data_received(self, data: bytes) -> None:
+        buf = self.buf
+        buf += data
+        off, end = 0, len(buf)
+        while end - off >= 4:
+            (size,) = p.LENGTH.unpack_from(buf, off)
+            if end - off - 4 < size:
+                break
+            off += 4 + size
+        if off:
+            out = bytes(buf[:off])
+            del buf[:off]
+            for o in RawRelay.peers:
+                if o is not self:
+                    o.transport.write(out)
+
+
+class Peer:
+    """A bench client: counts frames of one type, with the same decoding cost both ways."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+        self.buf = bytearray()
+
+    async def frames(self) -> list[dict[str, Any]]:
+        data = await self.reader.read(1 << 16)
+        if not data:
+            raise ConnectionError("closed")
+        buf = self.buf
+        buf += data
+        off, end, out = 0, len(buf), []
+        while end - off >= 4:
+            (size,) = p.LENGTH.unpack_from(buf, off)
+            if end - off - 4 < size:
+                break
+            out.append(msgpack.unpackb(buf[off + 4 : off + 4 + size], raw=False))
+            off += 4 + size
+        del buf[:off]
+        return out
+
+
+async def session_peer(port: int, sid: int, login: str, token: str) -> Peer:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(p.encode(p.Hello()))
+    writer.write(p.encode(p.Join(id=1, session=sid, login=login, token=token)))
+    peer = Peer(reader, writer)
+    while True:
+        if any(f["t"] == "joined" for f in await peer.frames()):
+            return peer
+
+
+async def raw_peer(port: int) -> Peer:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    return Peer(reader, writer)
+
+
+async def throughput(a: Peer, b: Peer, n: int, kind: str, base: int) -> float:
+    frames = [
+        p.encode(p.Say(id=base + i, cid=f"c{base + i}", text=f"message {i}")) for i in range(n)
+    ]
+
+    async def drain_a() -> None:  # A's acks (session) are read and dropped
+        with_acks = kind == "chat"
+        got = 0
+        while with_acks and got < n:
+            got += sum(1 for f in await a.frames() if f["t"] == "said")
+
+    async def recv_b() -> None:
+        got = 0
+        while got < n:
+            got += sum(1 for f in await b.frames() if f["t"] == kind)
+
+    t0 = time.perf_counter()
+    tasks = [asyncio.create_task(drain_a()), asyncio.create_task(recv_b())]
+    for i in range(0, n, 256):
+        a.writer.write(b"".join(frames[i : i + 256]))
+        await a.writer.drain()
+    await asyncio.gather(*tasks)
+    return n / (time.perf_counter() - t0)
+
+
+async def latency(a: Peer, b: Peer, n: int, kind: str, base: int) -> list[float]:
+    out = []
+    for i in range(n):
+        frame = p.encode(p.Say(id=base + i, cid=f"l{base + i}", text="ping"))
+        t0 = time.perf_counter()
+        a.writer.write(frame)
+        while not any(f["t"] == kind for f in await b.frames()):
+            pass
+        out.append((time.perf_counter() - t0) * 1e6)
+        if kind == "chat":
+            while not any(f["t"] == "said" for f in await a.frames()):
+                pass
+    return out
+
+
+async def serve(kind: str) -> None:
+    """Run one server (``raw`` relay or a chat ``session``) and print how to reach it."""
+    loop = asyncio.get_running_loop()
+    if kind == "raw":
+        server = await loop.create_server(RawRelay, "127.0.0.1", 0)
+        print(server.sockets[0].getsockname()[1], flush=True)
+        await loop.run_in_executor(None, sys.stdin.read)  # until the parent closes stdin
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "chserver.sqlite"
+        db = await migrate.connect(path, "chserver")
+        hub = SessionHub(db, Path(tmp) / "chat.sqlite", b"k" * 32, ServerConfig(), "127.0.0.1")
+        await hub.start()
+        s = await hub.open(
+            port=free_port(),
+            lease=1,
+            owner="alice",
+            message_id="<b@x>",
+            subject="bench",
+            host="127.0.0.1",
+        )
+        ta, tb = await hub.admit(s, "alice"), await hub.admit(s, "bob")
+        print(s.port, s.id, ta, tb, flush=True)
+        await loop.run_in_executor(None, sys.stdin.read)
+        await hub.close()
+        await db.close()
+
+
+async def start_server(kind: str) -> tuple[asyncio.subprocess.Process, list[str]]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        __file__,
+        "--serve",
+        kind,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    line = await proc.stdout.readline()
+    return proc, line.decode().split()
+
+
+async def stop_server(proc: asyncio.subprocess.Process) -> None:
+    assert proc.stdin is not None
+    proc.stdin.close()
+    await proc.wait()
+
+
+async def bench_sessions(messages: int, pings: int) -> dict[str, float]:
+    """Both servers run in a process of their own, the two clients in this one."""
+    proc, info = await start_server("raw")
+    ra, rb = await raw_peer(int(info[0])), await raw_peer(int(info[0]))
+    rb.writer.write(p.encode(p.Hello()))  # the relay forwards it: A reads it, B is known
+    await ra.frames()
+    raw_tp = await throughput(ra, rb, messages, "say", 0)
+    raw_lat = await latency(ra, rb, pings, "say", 10_000_000)
+    for x in (ra, rb):
+        x.writer.close()
+    await stop_server(proc)
+
+    proc, info = await start_server("session")
+    port, sid, ta, tb = int(info[0]), int(info[1]), info[2], info[3]
+    a = await session_peer(port, sid, "alice", ta)
+    b = await session_peer(port, sid, "bob", tb)
+    tp = await throughput(a, b, messages, "chat", 0)
+    lat = await latency(a, b, pings, "chat", 10_000_000)
+    for x in (a, b):
+        x.writer.close()
+    await stop_server(proc)
+    raw_p50 = statistics.median(raw_lat)
+    return {
+        "relay_msgs_per_s": round(tp),
+        "raw_relay_msgs_per_s": round(raw_tp),
+        "relay_ratio": round(tp / raw_tp, 3),
+        "latency_p50_us": round(statistics.median(lat), 1),
+        "latency_p99_us": round(pct(lat, 0.99), 1),
+        "raw_rtt_p50_us": round(raw_p50, 1),
+        "raw_rtt_p99_us": round(pct(raw_lat, 0.99), 1),
+        "latency_p50_ratio": round(statistics.median(lat) / raw_p50, 2),
+    }
+
+
+async def main(argv: list[str] | None = None) -> dict[str, Any]:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--messages", type=int, default=20000)
+    ap.add_argument("--pings", type=int, default=2000)
+    ap.add_argument("--calls", type=int, default=100)
+    ap.add_argument("--serve", choices=["raw", "session"], help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.serve:
+        await serve(args.serve)
+        return {}
+    result: dict[str, Any] = {}
+    result.update(await bench_sessions(args.messages, args.pings))
+    for k, v in result.items():
+        print(f"{k:24} {v}")
+    print(json.dumps(result))
+    return result
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
