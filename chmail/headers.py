@@ -232,16 +232,21 @@ def parse(headers: Iterable[tuple[str, str]]) -> ChatLink | None:
         raise HeaderError(f"X-CH-Port {_show(port_text)} is not a port number.")
     port = check_port(int(port_text))
     host = check_host(found[H_HOST])
-    m = _SIG.fullmatch(found[H_SIG])
-    if m is None:
-        raise HeaderError("X-CH-Sig is malformed; the chat link cannot be checked.")
-    version, expires, lease, mac = int(m.group(1)), int(m.group(2)), int(m.group(3)), m.group(4)
+    version, expires, lease, mac = parse_sig(found[H_SIG])
     if version != SIG_VERSION:
         raise HeaderError(
             f"X-CH-Sig version {version} is not supported (this side: {SIG_VERSION})."
         )
     context = check_context(found.get(H_CONTEXT, ""))
     return ChatLink(login, port, host, lease, expires, mac, context, version)
+
+
+def parse_sig(value: str) -> tuple[int, int, int, str]:
+    """``X-CH-Sig`` value to ``(version, expires, lease, mac)``; HeaderError if malformed."""
+    m = _SIG.fullmatch(value) if isinstance(value, str) else None
+    if m is None:
+        raise HeaderError("X-CH-Sig is malformed; the chat link cannot be checked.")
+    return int(m.group(1)), int(m.group(2)), int(m.group(3)), m.group(4)
 
 
 def _unfold(value: str) -> str:
@@ -266,6 +271,12 @@ class LeaseRecord:
     expires: int
     message_id: str
     context: str = ""
+    # Every Message-ID sharing this lease (a thread's replies reuse it); message_id is
+    # the first of them.
+    message_ids: frozenset[str] = frozenset()
+
+    def covers(self, message_id: str) -> bool:
+        return message_id == self.message_id or message_id in self.message_ids
 
 
 # Reasons, as stable codes (the same strings as the protocol's error codes).
@@ -322,10 +333,10 @@ def verify(
             and link.host.lower() == record.host.lower()
             and link.expires == record.expires
             and link.context == record.context
-            and message_id == record.message_id
+            and record.covers(message_id)
         )
         return FORGED if same else ALTERED
-    if link.login != record.login or message_id != record.message_id:
+    if link.login != record.login or not record.covers(message_id):
         return ALTERED
     if now >= link.expires:
         return EXPIRED

@@ -88,6 +88,7 @@ class Message:
 REGISTRY: dict[str, type[Message]] = {}
 
 
+@typing.dataclass_transform(frozen_default=True)  # lets mypy see the fields
 def message(t: str, *, sender: str = "cs", pre_auth: bool = False) -> Any:
     """Class decorator: register a frozen dataclass as wire type ``t``."""
 
@@ -235,6 +236,28 @@ class Unknown(Message):
         return f"Unknown(type_name={self.type_name!r}, id={self.id!r})"
 
 
+class Rejected(Message):
+    """A well-formed frame that broke a message rule. Never sent; answer it with ``error``.
+
+    ``type_name`` is the frame's ``t``, ``id`` its request id (if any), ``code`` and
+    ``reason`` what to put in the ``error`` frame.
+    """
+
+    def __init__(self, type_name: str, id: int | None, code: str, reason: str) -> None:
+        object.__setattr__(self, "type_name", type_name)
+        object.__setattr__(self, "id", id)
+        object.__setattr__(self, "code", code)
+        object.__setattr__(self, "reason", reason)
+
+    type_name: str
+    id: int | None
+    code: str
+    reason: str
+
+    def __repr__(self) -> str:
+        return f"Rejected(type_name={self.type_name!r}, id={self.id!r}, code={self.code!r})"
+
+
 _HINTS: dict[type[Message], dict[str, Any]] = {}
 
 
@@ -282,7 +305,7 @@ def from_wire(obj: Any) -> Message:
     if not isinstance(t, str):
         raise RemoteProtocolError("a frame's map must have a string key 't'")
     raw_id = obj.get("id")
-    req_id = raw_id if isinstance(raw_id, int) and not isinstance(raw_id, bool) else None
+    req_id = raw_id if _is_id(raw_id) else None
     cls = REGISTRY.get(t)
     if cls is None:
         return Unknown(t, req_id, obj)
@@ -333,8 +356,8 @@ class FrameDecoder:
             yield body
 
 
-def decode_body(body: bytes) -> Message:
-    """One frame body to a message. The body's size was already capped by the decoder."""
+def decode_obj(body: bytes) -> dict[str, Any]:
+    """One frame body to its msgpack map, checked to have a string ``t``."""
     try:
         obj = msgpack.unpackb(
             body,
@@ -342,9 +365,22 @@ def decode_body(body: bytes) -> Message:
             strict_map_key=True,
             use_list=True,
         )
-    except Exception as exc:  # msgpack raises several unrelated types on garbage
-        raise RemoteProtocolError(f"frame is not valid msgpack ({type(exc).__name__})") from None
-    return from_wire(obj)
+    except Exception:  # msgpack raises several unrelated types on garbage
+        raise RemoteProtocolError("frame is not valid msgpack") from None
+    if not isinstance(obj, dict):
+        raise RemoteProtocolError("a frame must hold a msgpack map")
+    if not isinstance(obj.get("t"), str):
+        raise RemoteProtocolError("a frame's map must have a string key 't'")
+    return obj
+
+
+def decode_body(body: bytes) -> Message:
+    """One frame body to a message. The body's size was already capped by the decoder."""
+    return from_wire(decode_obj(body))
+
+
+def _is_id(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_ID
 
 
 # ----------------------------------------------------------------------------- connection
@@ -383,15 +419,36 @@ class Connection:
         return self.state is State.AUTHENTICATED
 
     def receive_data(self, data: bytes) -> None:
-        """Feed bytes from the peer. Raises RemoteProtocolError on a broken frame."""
+        """Feed bytes from the peer.
+
+        Raises RemoteProtocolError (and closes) when the stream itself is broken: an
+        oversized length, a body that is not a msgpack map with a string ``t``, or a
+        first frame that is not an acceptable ``hello``. A well-formed frame that breaks
+        a message rule (wrong field type, sent too early, wrong direction) is not fatal:
+        it surfaces as a :class:`Rejected` event, to be answered with ``error``.
+        """
         if self.state is State.CLOSED:
             return
         try:
             for body in self._decoder.feed(data):
-                self._events.append(self._accept(decode_body(body)))
+                self._events.append(self._receive_body(body))
+                if self.state is State.CLOSED:
+                    return
         except RemoteProtocolError:
             self.state = State.CLOSED
             raise
+
+    def _receive_body(self, body: bytes) -> Message:
+        obj = decode_obj(body)
+        try:
+            msg = from_wire(obj)
+            return self._accept(msg)
+        except RemoteProtocolError as exc:
+            if self.state is State.AWAIT_HELLO:
+                raise
+            raw_id = obj.get("id")
+            req_id = raw_id if _is_id(raw_id) else None
+            return Rejected(str(obj.get("t")), req_id, exc.code, exc.message)
 
     def next_event(self) -> Message | None:
         """The next message received, or None when more data is needed."""
@@ -418,7 +475,9 @@ class Connection:
             return msg
         peer = "s" if self.role is Role.CLIENT else "c"
         if peer not in msg.sender:
-            raise RemoteProtocolError(f"{msg.t!r} may not be sent by the {_side(peer)}")
+            raise RemoteProtocolError(
+                f"{msg.t!r} may not be sent by the {_side(peer)}", code=E_INVALID
+            )
         if self.role is Role.SERVER and self.state is State.OPEN and not msg.pre_auth:
             raise RemoteProtocolError(f"{msg.t!r} before authentication", code=E_NOT_AUTHENTICATED)
         if self.role is Role.CLIENT and msg.t in AUTH_REPLIES:
@@ -454,3 +513,231 @@ def _name(msg: Message) -> str:
 
 def _side(s: str) -> str:
     return "client" if s == "c" else "server"
+
+
+# ----------------------------------------------------------------------------- chat (issue 4)
+# Message types of chat sessions, ringing and alarms are added below this line by the
+# chat work (its section; the server work does not edit below here).
+# -- calls and chat sessions (issue 4)
+#
+# Control link (client <-> CH server): ``call`` rings the sender of a mail (S107-S109);
+# ``call_state`` answers it and is pushed on every change of a call (ringing, accepted,
+# declined, missed, cancelled, ended, alarmed); ``ring`` is pushed to the callee, again
+# at an interval while it is silent (S115); ``alarms`` lists and acknowledges missed
+# calls (S117) and ``alarm_list`` is also pushed right after ``auth_ok``. In direct mode
+# the server pushes ``host_chat`` and the client answers with ``hosting``.
+#
+# Chat session (client <-> the listener on the mail's port): ``join`` with the token
+# from ``call_state`` (answered by ``joined``, which authenticates the link), then
+# ``say``/``said`` (client id ``cid`` dedupes resends), ``chat`` pushes in ``seq`` order,
+# ``typing``, ``read``, ``member``, ``leave``/``end`` and the ``ended`` push.
+
+CALL_STATES = ("ringing", "accepted", "declined", "missed", "cancelled", "ended", "alarmed")
+
+
+@message("call", sender="c")
+class Call(Message):
+    """S107: ring the sender of a mail, quoting the mail's X-CH header values verbatim."""
+
+    id: int = 0
+    message_id: str = ""
+    login: str = ""  # X-CH-Login
+    port: int = 0  # X-CH-Port
+    host: str = ""  # X-CH-Host
+    sig: str = ""  # X-CH-Sig
+    context: str = ""  # X-CH-Context ("" when absent)
+    subject: str = ""
+
+
+@message("call_state", sender="s")
+class CallState(Message):
+    """A call's state. With ``id`` it answers ``call``/``answer``; without, it is a push.
+
+    ``host``/``port``/``session``/``token`` say where and how to join once accepted.
+    ``message`` is a plain-words sentence for the user.
+    """
+
+    call: int = 0
+    state: str = ""
+    peer: str = ""
+    subject: str = ""
+    message_id: str = ""
+    message: str = ""
+    host: str = ""
+    port: int = 0
+    session: int = 0
+    token: str = ""
+    id: int | None = None
+
+
+@message("ring", sender="s")
+class Ring(Message):
+    """Push to the callee: somebody calls about one of your mails. ``n`` counts re-rings."""
+
+    call: int = 0
+    caller: str = ""
+    subject: str = ""
+    message_id: str = ""
+    port: int = 0
+    n: int = 1
+    timeout: float = 0.0  # seconds until the call is missed
+
+
+@message("answer", sender="c")
+class Answer(Message):
+    """The callee accepts or declines a ringing call."""
+
+    id: int = 0
+    call: int = 0
+    accept: bool = True
+
+
+@message("hangup", sender="c")
+class Hangup(Message):
+    """The caller gives up a ringing call (cancelled), or either side ends an accepted one."""
+
+    id: int = 0
+    call: int = 0
+
+
+@message("alarms", sender="c")
+class Alarms(Message):
+    """List alarms (missed calls); ``ack`` marks those ids seen; ``all`` includes seen ones."""
+
+    id: int = 0
+    ack: list[int] = field(default_factory=list)
+    all: bool = False
+
+
+@message("alarm_list", sender="s")
+class AlarmList(Message):
+    """Alarms: each a map with id, caller, subject, message_id, port, at, seen."""
+
+    alarms: list[dict[str, Any]] = field(default_factory=list)
+    id: int | None = None
+
+
+@message("host_chat", sender="s")
+class HostChat(Message):
+    """Direct mode: please host the chat session of ``port`` yourself (``stop``: stop it)."""
+
+    call: int = 0
+    session: int = 0
+    port: int = 0
+    secret: str = field(default="", repr=False)  # verifies the join tokens
+    subject: str = ""
+    message_id: str = ""
+    stop: bool = False
+
+
+@message("hosting", sender="c")
+class Hosting(Message):
+    """Direct mode: the client's answer to ``host_chat`` (``ok`` false: it could not)."""
+
+    id: int = 0
+    call: int = 0
+    ok: bool = False
+    host: str = ""
+    port: int = 0
+    message: str = ""
+
+
+@message("join", sender="c", pre_auth=True)
+class Join(Message):
+    """First request on a session port: who I am, my token, the last ``seq`` I have."""
+
+    id: int = 0
+    session: int = 0
+    login: str = ""
+    token: str = field(default="", repr=False)
+    last_seq: int = 0
+
+
+@message("joined", sender="s", pre_auth=True)
+class Joined(Message):
+    """Join accepted; the messages after ``last_seq`` follow as ``chat`` pushes."""
+
+    id: int = 0
+    session: int = 0
+    login: str = ""
+    members: list[str] = field(default_factory=list)
+    head: int = 0  # the session's last seq
+    subject: str = ""
+    message_id: str = ""
+    max_text: int = 0
+
+
+@message("say", sender="c")
+class Say(Message):
+    """Send a chat message; ``cid`` is the client's id for it (a resend reuses it)."""
+
+    id: int = 0
+    cid: str = ""
+    text: str = ""
+
+
+@message("said", sender="s")
+class Said(Message):
+    """The message is stored (it survives a server restart) under ``seq``."""
+
+    id: int = 0
+    seq: int = 0
+    cid: str = ""
+
+
+@message("chat", sender="s")
+class Chat(Message):
+    """Push: one stored chat message."""
+
+    seq: int = 0
+    login: str = ""  # who said it
+    cid: str = ""
+    text: str = ""
+    ts: float = 0.0
+
+
+@message("typing", sender="cs")
+class Typing(Message):
+    """Typing indicator; the server fills in ``login`` when it relays it."""
+
+    login: str = ""
+    active: bool = True
+
+
+@message("read", sender="cs")
+class Read(Message):
+    """Read state: ``login`` has read up to ``seq``; the server fills in ``login``."""
+
+    login: str = ""
+    seq: int = 0
+
+
+@message("member", sender="s")
+class Member(Message):
+    """Push: a participant joined, went away (connection lost) or left."""
+
+    login: str = ""
+    state: str = ""  # "joined", "away", "left"
+
+
+@message("leave", sender="c")
+class Leave(Message):
+    """Leave the session (others carry on); ``end`` ends it for everyone."""
+
+    id: int = 0
+
+
+@message("end", sender="c")
+class End(Message):
+    id: int = 0
+
+
+@message("ended", sender="s")
+class Ended(Message):
+    """Push: the session is over (``reason``: ended, idle, server); the listener closes."""
+
+    reason: str = ""
+    by: str = ""
+
+
+AUTH_REPLIES.add("joined")

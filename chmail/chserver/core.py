@@ -1,0 +1,257 @@
+"""The control link's own requests: auth (S101), alloc (S103), presence (S113).
+
+Rules:
+
+* ``auth``: the login must match the login rule (said in the error); the password is
+  checked with argon2 in a worker thread; a wrong password and an unknown login get the
+  same ``auth_failed`` answer and cost the same time; three failures close the link. A
+  connection authenticates once.
+* ``alloc``: Message-ID, recipients, thread ids and context are validated; the host in
+  the link is the server's public name, or the client's advertised host when it logged
+  in with ``direct``. The signed lease is answered at once and written to table 2 by
+  the lease writer, which batches writes (see LeaseWriter).
+* ``presence``: online state of up to ``MAX_PRESENCE`` valid logins.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+
+from chmail import headers
+from chmail import protocol as p
+from chmail.chserver.auth import Hasher, valid_login
+from chmail.chserver.ports import LEASE_BLOCK, Lease
+from chmail.chserver.server import ChServer, Context
+from chmail.chserver.store import ServerStore
+from chmail.errors import HeaderError, ValidationError
+
+log = logging.getLogger(__name__)
+
+MAX_AUTH_FAILURES = 3
+MAX_RECIPIENTS = 1000
+MAX_THREAD = 200
+MAX_PRESENCE = 1000
+MAX_ADDRESS = 254  # RFC 5321 4.5.3.1.3 (path) minus the angle brackets
+_ADDRESS = re.compile(r"[^\s@<>\"]{1,64}@[^\s@<>\"]{1,253}")
+LEASE_COUNTER = "lease_reserved"
+
+
+class LeaseWriter:
+    """Write-behind for table 2: allocations are answered from memory and written in
+    batches by one task, so a burst of allocs costs one transaction, not one each.
+
+    If the process dies before a batch is written those leases are forgotten; their
+    mails' links then report "unknown port" or "recycled", never another user, because
+    lease numbers are reserved on disk before use and never handed out twice.
+    """
+
+    def __init__(self, store: ServerStore) -> None:
+        self.store = store
+        self._dirty: dict[int, Lease] = {}
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    def mark(self, lease: Lease) -> None:
+        self._dirty[lease.port] = lease
+        self._idle.clear()
+        self._wake.set()
+
+    async def flush(self) -> None:
+        """Wait until every lease marked so far is on disk."""
+        if self._task is None or self._task.done():
+            await self._write()
+            return
+        await self._idle.wait()
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        await self._write()
+
+    async def _write(self) -> None:
+        batch, self._dirty = list(self._dirty.values()), {}
+        await self.store.save_leases(batch)
+
+    async def _run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            try:
+                await self._write()
+            except Exception:
+                log.exception("writing table 2 failed; retrying")
+                await asyncio.sleep(1)
+                self._wake.set()
+                continue
+            if not self._dirty:
+                self._idle.set()
+
+
+class Core:
+    def __init__(self, server: ChServer, hasher: Hasher) -> None:
+        self.server = server
+        self.hasher = hasher
+        self.writer = LeaseWriter(server.store)
+
+    def install(self) -> None:
+        s = self.server
+        s.register("hello", self.hello)
+        s.register("auth", self.auth)
+        s.register("alloc", self.alloc)
+        s.register("presence", self.presence)
+        s.extensions["core"] = self
+
+        async def start() -> None:
+            s.pool.reserved = await s.store.counter(LEASE_COUNTER)
+            self.writer.start()
+
+        s.on_start(start)
+        s.add_closer(self.writer.close)
+
+    async def hello(self, ctx: Context, msg: p.Hello) -> p.Message | None:
+        raise ValidationError("hello was already exchanged on this connection", code=p.E_INVALID)
+
+    async def auth(self, ctx: Context, msg: p.Auth) -> p.Message | None:
+        if ctx.login is not None:
+            raise ValidationError(f"already logged in as {ctx.login}", code=p.E_INVALID)
+        if ctx.authenticating:
+            raise ValidationError("a login is already in progress", code=p.E_INVALID)
+        try:
+            login = valid_login(msg.login)
+        except ValidationError as exc:
+            raise ValidationError(exc.message, code=p.E_INVALID) from None
+        host = msg.host
+        if host:
+            try:
+                headers.check_host(host)
+            except HeaderError as exc:
+                raise ValidationError(f"advertised host: {exc.message}", code=p.E_INVALID) from None
+        elif msg.direct:
+            raise ValidationError("direct mode needs an advertised host", code=p.E_INVALID)
+        ctx.authenticating = True
+        try:
+            stored = await self.server.store.get_hash(login)
+            ok = await self.hasher.verify_async(stored, msg.password)
+        finally:
+            ctx.authenticating = False
+        if not ok or ctx.closed:
+            ctx.auth_failures += 1
+            log.info("conn %d: failed login as %s from %s", ctx.id, login, ctx.peer_ip)
+            err = p.Error(
+                code=p.E_AUTH_FAILED,
+                message=f"wrong login or password for {login!r}",
+                id=msg.id,
+            )
+            ctx.send(err)
+            if ctx.auth_failures >= MAX_AUTH_FAILURES:
+                ctx.close("too many failed logins")
+            return None
+        ctx.login = login
+        ctx.host = host
+        ctx.direct = msg.direct
+        await self.server.registry.attach(
+            ctx, host=host or ctx.peer_ip, observed_ip=ctx.peer_ip, direct=msg.direct
+        )
+        cfg = self.server.config
+        ctx.send(
+            p.AuthOk(
+                id=msg.id,
+                login=login,
+                observed_ip=ctx.peer_ip,
+                heartbeat=cfg.heartbeat_interval,
+                timeout=cfg.heartbeat_timeout,
+            )
+        )
+        log.info("conn %d: %s logged in from %s", ctx.id, login, ctx.peer_ip)
+        for hook in self.server.auth_hooks:
+            try:
+                await hook(ctx)
+            except Exception:
+                log.exception("auth hook failed")
+        return None
+
+    async def alloc(self, ctx: Context, msg: p.Alloc) -> p.Message | None:
+        login = ctx.login
+        assert login is not None  # the protocol refuses alloc before auth
+        try:
+            message_id = headers.check_message_id(msg.message_id)
+            context = headers.check_context(msg.context)
+            thread = [headers.check_message_id(t) for t in msg.thread[:MAX_THREAD]]
+        except HeaderError as exc:
+            raise ValidationError(exc.message, code=p.E_INVALID) from None
+        recipients = check_recipients(msg.recipients)
+        host = ctx.host if ctx.direct and ctx.host else self.server.public_host
+        pool = self.server.pool
+        while pool.needs_reservation():
+            pool.reserved = await self.server.store.raise_counter(
+                LEASE_COUNTER, pool.next_lease + LEASE_BLOCK - 1
+            )
+        grant = pool.alloc(
+            login=login,
+            host=host,
+            message_id=message_id,
+            recipients=recipients,
+            thread=thread,
+            context=context,
+            now=int(time.time()),
+        )
+        lease = grant.lease
+        link = headers.sign(
+            self.server.key,
+            login=login,
+            port=lease.port,
+            host=lease.host,
+            lease=lease.lease,
+            expires=grant.expires,
+            message_id=message_id,
+            context=context,
+        )
+        self.writer.mark(lease)
+        if grant.recycled_from is not None:
+            log.info(
+                "port %d recycled: lease %d -> %d", lease.port, grant.recycled_from, lease.lease
+            )
+        return p.Allocated(
+            id=msg.id,
+            login=login,
+            port=link.port,
+            host=link.host,
+            lease=link.lease,
+            expires=link.expires,
+            sig=link.sig,
+            context=link.context,
+        )
+
+    async def presence(self, ctx: Context, msg: p.Presence) -> p.Message | None:
+        if len(msg.logins) > MAX_PRESENCE:
+            raise ValidationError(f"ask for at most {MAX_PRESENCE} logins", code=p.E_LIMIT)
+        online: dict[str, bool] = {}
+        for login in msg.logins:
+            try:
+                online[valid_login(login)] = self.server.is_online(login)
+            except ValidationError as exc:
+                raise ValidationError(exc.message, code=p.E_INVALID) from None
+        return p.PresenceOk(id=msg.id, online=online)
+
+
+def check_recipients(recipients: list[str]) -> list[str]:
+    if not recipients:
+        raise ValidationError("a mail needs at least one recipient", code=p.E_INVALID)
+    if len(recipients) > MAX_RECIPIENTS:
+        raise ValidationError(f"at most {MAX_RECIPIENTS} recipients per mail", code=p.E_LIMIT)
+    out = []
+    for addr in recipients:
+        if len(addr) > MAX_ADDRESS or not _ADDRESS.fullmatch(addr) or not addr.isprintable():
+            shown = repr(addr[:60])
+            raise ValidationError(f"{shown} is not an e-mail address", code=p.E_INVALID)
+        out.append(addr.lower())
+    return out

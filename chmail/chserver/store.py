@@ -1,0 +1,242 @@
+"""All SQL of the CH server: users, table 1 (logins), table 2 (ports), counters.
+
+Small async functions over one aiosqlite connection (``ServerStore.db``), so another
+store (PostgreSQL) could stand in. Other server modules (chat sessions, alarms) keep
+their own SQL in their own store module over the same ``db`` connection.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from chmail import migrate
+from chmail.chserver.ports import Lease
+from chmail.errors import StoreError, ValidationError
+
+DB_FILE = "chserver.sqlite3"
+
+
+@dataclass(frozen=True)
+class User:
+    login: str
+    emails: tuple[str, ...]
+    created_at: int
+
+
+@dataclass(frozen=True)
+class LoginRow:
+    """A row of table 1."""
+
+    login: str
+    host: str
+    observed_ip: str
+    direct: bool
+    last_seen: int
+    online: bool
+
+
+class ServerStore:
+    def __init__(self, db: aiosqlite.Connection, path: Path) -> None:
+        self.db = db
+        self.path = path
+
+    @classmethod
+    async def open(cls, data_dir: Path) -> ServerStore:
+        path = data_dir / DB_FILE
+        return cls(await migrate.connect(path, "chserver"), path)
+
+    async def close(self) -> None:
+        await self.db.close()
+
+    # ------------------------------------------------------------------ users
+
+    async def add_user(self, login: str, password_hash: str, emails: list[str], now: int) -> None:
+        try:
+            await self.db.execute("BEGIN")
+            await self.db.execute(
+                "INSERT INTO users(login, password_hash, created_at) VALUES (?, ?, ?)",
+                (login, password_hash, now),
+            )
+            await self.db.executemany(
+                "INSERT INTO user_emails(email, login) VALUES (?, ?)",
+                [(e, login) for e in emails],
+            )
+            await self.db.commit()
+        except sqlite3.IntegrityError:
+            await self.db.rollback()
+            if await self.get_hash(login) is not None:
+                raise ValidationError(f"A user with the login {login!r} already exists.") from None
+            taken = [e for e in emails if await self.login_for_email(e) is not None]
+            raise ValidationError(
+                f"The address {taken[0] if taken else emails[0]} already belongs to another user."
+            ) from None
+
+    async def users(self) -> list[User]:
+        async with self.db.execute(
+            "SELECT u.login, u.created_at, group_concat(e.email, char(10)) FROM users u"
+            " LEFT JOIN user_emails e ON e.login = u.login GROUP BY u.login ORDER BY u.login"
+        ) as cur:
+            rows = await cur.fetchall()
+        return [
+            User(str(r[0]), tuple(sorted(str(r[2]).split("\n"))) if r[2] else (), int(r[1]))
+            for r in rows
+        ]
+
+    async def get_hash(self, login: str) -> str | None:
+        async with self.db.execute(
+            "SELECT password_hash FROM users WHERE login = ?", (login,)
+        ) as cur:
+            row = await cur.fetchone()
+        return None if row is None else str(row[0])
+
+    async def set_password(self, login: str, password_hash: str) -> bool:
+        cur = await self.db.execute(
+            "UPDATE users SET password_hash = ? WHERE login = ?", (password_hash, login)
+        )
+        await self.db.commit()
+        return cur.rowcount > 0
+
+    async def remove_user(self, login: str) -> bool:
+        cur = await self.db.execute("DELETE FROM users WHERE login = ?", (login,))
+        await self.db.commit()
+        return cur.rowcount > 0
+
+    async def login_for_email(self, email: str) -> str | None:
+        async with self.db.execute(
+            "SELECT login FROM user_emails WHERE email = ?", (email.lower(),)
+        ) as cur:
+            row = await cur.fetchone()
+        return None if row is None else str(row[0])
+
+    async def emails_of(self, login: str) -> list[str]:
+        async with self.db.execute(
+            "SELECT email FROM user_emails WHERE login = ? ORDER BY email", (login,)
+        ) as cur:
+            return [str(r[0]) for r in await cur.fetchall()]
+
+    # ------------------------------------------------------------------ table 1
+
+    async def record_login(
+        self, login: str, host: str, observed_ip: str, direct: bool, now: int
+    ) -> None:
+        """S101: the latest advertised host and observed IP replace the previous ones."""
+        await self.db.execute(
+            "INSERT INTO logins(login, host, observed_ip, direct, last_seen, online)"
+            " VALUES (?, ?, ?, ?, ?, 1) ON CONFLICT(login) DO UPDATE SET"
+            " host = excluded.host, observed_ip = excluded.observed_ip,"
+            " direct = excluded.direct, last_seen = excluded.last_seen, online = 1",
+            (login, host, observed_ip, int(direct), now),
+        )
+        await self.db.commit()
+
+    async def set_offline(self, login: str, now: int) -> None:
+        await self.db.execute(
+            "UPDATE logins SET online = 0, last_seen = ? WHERE login = ?", (now, login)
+        )
+        await self.db.commit()
+
+    async def reset_online(self) -> None:
+        """At start: nobody is connected yet, whatever the last run left behind."""
+        await self.db.execute("UPDATE logins SET online = 0 WHERE online != 0")
+        await self.db.commit()
+
+    async def login_rows(self) -> list[LoginRow]:
+        async with self.db.execute(
+            "SELECT login, host, observed_ip, direct, last_seen, online FROM logins ORDER BY login"
+        ) as cur:
+            rows = await cur.fetchall()
+        return [
+            LoginRow(str(r[0]), str(r[1]), str(r[2]), bool(r[3]), int(r[4]), bool(r[5]))
+            for r in rows
+        ]
+
+    async def login_row(self, login: str) -> LoginRow | None:
+        return next((r for r in await self.login_rows() if r.login == login), None)
+
+    # ------------------------------------------------------------------ table 2
+
+    async def leases(self) -> list[Lease]:
+        async with self.db.execute(
+            "SELECT port, login, host, lease, message_id, message_ids, recipients, context,"
+            " allocated_at, updated_at, expires FROM ports ORDER BY port"
+        ) as cur:
+            rows = await cur.fetchall()
+        return [_lease(r) for r in rows]
+
+    async def lease(self, port: int) -> Lease | None:
+        async with self.db.execute(
+            "SELECT port, login, host, lease, message_id, message_ids, recipients, context,"
+            " allocated_at, updated_at, expires FROM ports WHERE port = ?",
+            (port,),
+        ) as cur:
+            row = await cur.fetchone()
+        return None if row is None else _lease(row)
+
+    async def save_leases(self, leases: list[Lease]) -> None:
+        """Write (insert or replace) the given leases in one transaction."""
+        if not leases:
+            return
+        await self.db.executemany(
+            "INSERT OR REPLACE INTO ports(port, login, host, lease, message_id, message_ids,"
+            " recipients, context, allocated_at, updated_at, expires)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                (
+                    x.port,
+                    x.login,
+                    x.host,
+                    x.lease,
+                    x.message_id,
+                    json.dumps(list(x.message_ids)),
+                    json.dumps(list(x.recipients)),
+                    x.context,
+                    x.allocated_at,
+                    x.updated_at,
+                    x.expires,
+                )
+                for x in leases
+            ],
+        )
+        await self.db.commit()
+
+    # ------------------------------------------------------------------ counters
+
+    async def counter(self, key: str) -> int:
+        async with self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)) as cur:
+            row = await cur.fetchone()
+        return 0 if row is None else int(row[0])
+
+    async def raise_counter(self, key: str, value: int) -> int:
+        """Set ``key`` to at least ``value``; return the stored value."""
+        await self.db.execute(
+            "INSERT INTO meta(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE"
+            " SET value = max(value, excluded.value)",
+            (key, value),
+        )
+        await self.db.commit()
+        return await self.counter(key)
+
+
+def _lease(r: Any) -> Lease:
+    try:
+        return Lease(
+            port=int(r[0]),
+            login=str(r[1]),
+            host=str(r[2]),
+            lease=int(r[3]),
+            message_id=str(r[4]),
+            message_ids=tuple(json.loads(str(r[5]))),
+            recipients=tuple(json.loads(str(r[6]))),
+            context=str(r[7]),
+            allocated_at=int(r[8]),
+            updated_at=int(r[9]),
+            expires=int(r[10]),
+        )
+    except (ValueError, TypeError) as exc:
+        raise StoreError(f"Table 2 holds a damaged row for port {r[0]!r}: {exc}.") from exc
