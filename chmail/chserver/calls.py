@@ -167,6 +167,8 @@ class CallService:
         if reason is not None:
             raise LinkInvalid(headers.REASONS[reason], code=reason)
         assert lease is not None
+        if caller == lease.record.login:
+            raise ChatError("this is your own mail; there is nobody to ring", code=p.E_INVALID)
         mine = {e.lower() for e in await self.seam.emails(caller)}
         if not mine & lease.recipients:
             raise LinkInvalid(NOT_RECIPIENT, code=p.E_NOT_RECIPIENT)
