@@ -92,7 +92,7 @@ class Context:
 
     def send(self, msg: p.Message) -> bool:
         """Queue ``msg``; False when the connection is closed or was dropped as stalled."""
-        if self.closed:
+        if self.closed or self.conn.state is p.State.CLOSED:
             return False
         try:
             data = self.conn.send(msg)
