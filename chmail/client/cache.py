@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -251,8 +251,8 @@ class Cache:
             await db.executemany(
                 "INSERT INTO messages (folder_id, uid, uidvalidity, message_id, in_reply_to,"
                 " refs, thread_id, from_name, from_addr, to_addrs, cc_addrs, subject, date,"
-                " flags, seen, size, has_ch, ch_headers, sort_from, sort_subject)"
-                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+                " flags, seen, size, has_ch, ch_headers, sort_from, sort_subject, indexed)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,0)"
                 " ON CONFLICT (folder_id, uid) DO UPDATE SET flags = excluded.flags,"
                 " seen = excluded.seen",
                 rows,
@@ -311,7 +311,31 @@ class Cache:
             known.get(keys[0], tid) if keys else tid for keys, tid in zip(keys_of, out, strict=True)
         ]
 
-    async def update_flags(self, folder_id: int, flags_by_uid: dict[int, Iterable[str]]) -> None:
+    async def index_pending(self, limit: int = 0) -> int:
+        """Add rows stored since the last call to the search index; returns how many.
+        Sync calls this after storing headers; ``limit`` bounds one call (0: all)."""
+        async with self.transaction() as db:
+            async with db.execute(
+                "SELECT max(id), count(*) FROM (SELECT id FROM messages WHERE indexed = 0"
+                " ORDER BY id LIMIT ?)",
+                (limit or -1,),
+            ) as cur:
+                row = await cur.fetchone()
+            if row is None or not row[1]:
+                return 0
+            top, n = int(row[0]), int(row[1])
+            await db.execute(
+                "INSERT INTO messages_fts (rowid, subject, sender, recipients, body)"
+                " SELECT id, subject, from_name || ' ' || from_addr, to_addrs || ' ' || cc_addrs,"
+                " coalesce(body_text, '') FROM messages WHERE indexed = 0 AND id <= ?",
+                (top,),
+            )
+            await db.execute(
+                "UPDATE messages SET indexed = 1 WHERE indexed = 0 AND id <= ?", (top,)
+            )
+        return n
+
+    async def update_flags(self, folder_id: int, flags_by_uid: Mapping[int, Iterable[str]]) -> None:
         """Server-side flag changes (from a flag sync) into the cache."""
         rows = []
         for uid, flags in flags_by_uid.items():
@@ -366,6 +390,23 @@ class Cache:
                     "UPDATE messages SET folder_id = ?, uid = ? WHERE id = ?",
                     (folder_id, new_uid, pk),
                 )
+
+    async def rekey(self, folder_id: int, old_uid: int, new_uid: int | None) -> None:
+        """Give a locally moved row (placeholder UID) its server UID, or drop it when the
+        server did not say (the next sync of the folder brings the message back)."""
+        async with self.transaction() as db:
+            if new_uid is None:
+                await db.execute(
+                    "DELETE FROM messages WHERE folder_id = ? AND uid = ?", (folder_id, old_uid)
+                )
+                return
+            await db.execute(
+                "DELETE FROM messages WHERE folder_id = ? AND uid = ?", (folder_id, new_uid)
+            )
+            await db.execute(
+                "UPDATE messages SET uid = ? WHERE folder_id = ? AND uid = ?",
+                (new_uid, folder_id, old_uid),
+            )
 
     async def delete(self, pk: int) -> None:
         async with self.transaction() as db:
@@ -442,7 +483,13 @@ class Cache:
         )
         return _message(rows[0]) if rows else None
 
-    async def by_message_id(self, message_id: str, account: str | None = None) -> list[Message]:
+    async def by_message_id(self, message_id: str, account: str | None = None) -> Message | None:
+        """One cached copy of the mail with this Message-ID (the first stored), or None."""
+        found = await self.all_by_message_id(message_id, account)
+        return found[0] if found else None
+
+    async def all_by_message_id(self, message_id: str, account: str | None = None) -> list[Message]:
+        """Every cached copy (one per folder it is in) of the mail with this Message-ID."""
         mid = message_id if message_id.startswith("<") else f"<{message_id}>"
         rows = await self._all(
             f"SELECT {_MSG_COLS} FROM messages m JOIN folders f ON f.id = m.folder_id"  # noqa: S608
@@ -487,6 +534,7 @@ class Cache:
         """Newest first. Words match as prefixes; ``from:``, ``to:``, ``subject:``,
         ``body:`` limit a word to a field; ``is:unread``, ``is:flagged``, ``has:chat``,
         ``"a phrase"``."""
+        await self.index_pending()
         pks = await cache_search.search_ids(
             self.conn, query, limit, account=account, folder_id=folder_id
         )

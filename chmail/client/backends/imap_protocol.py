@@ -1,0 +1,175 @@
+"""aioimaplib's protocol class, with its response reader made iterative and incremental.
+
+Stock aioimaplib 2.0.3 (see shared/mail-stack.md):
+
+1. ``_handle_responses`` recurses once per line, so a chunk of ~1,000 lines raises
+   RecursionError inside ``data_received``; asyncio only logs it and the command hangs.
+2. ``FetchCommand.wait_data`` rescans every line so far on each new line (quadratic).
+3. Every line cancels and re-arms a timer (``call_later``): costly on big FETCHes.
+4. A server-announced literal size is trusted: ``{999999999999}`` would be buffered.
+
+Here ``data_received`` is a loop over a buffer with a read position; FETCH tracks its
+parenthesis depth as lines arrive; per-line timers are off (the caller watches for
+inactivity with ``last_rx``); literals larger than ``max_literal`` drop the connection
+with a clear error. Everything else (commands, states, IDLE) is aioimaplib's own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from typing import Any
+
+from aioimaplib import aioimaplib as _aio
+
+log = logging.getLogger(__name__)
+
+CRLF = b"\r\n"
+MAX_LITERAL = 64 * 1024 * 1024  # bytes; a larger mail is refused rather than buffered
+MAX_LINE = 1024 * 1024  # a response line without CRLF after this much is garbage
+_LITERAL_END = re.compile(rb"\{(\d+)\+?\}$")
+_FETCH_START = re.compile(rb"[0-9]+ FETCH \(")
+
+
+class LiteralTooLarge(Exception):
+    pass
+
+
+class FastFetchCommand(_aio.FetchCommand):  # type: ignore[misc]
+    """FETCH whose "is the response complete?" check is O(1) per line."""
+
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        self._depth = 0
+        super().__init__(*args, **kw)
+
+    def append_to_resp(self, line: bytes, result: str = "Pending") -> None:
+        if type(line) is bytes:  # literals arrive as bytearray and do not count
+            if _FETCH_START.match(line):
+                self._depth = 0
+            self._depth += line.count(b"(") - line.count(b")")
+        self._resp_result = result
+        self._resp_lines.append(line)
+
+    def wait_data(self) -> bool:
+        return self._depth != 0
+
+    def _reset_timer(self) -> None:
+        if self._timeout is not None:
+            super()._reset_timer()
+
+
+class FastProtocol(_aio.IMAP4ClientProtocol):  # type: ignore[misc]
+    """IMAP4ClientProtocol with an iterative reader; see the module docstring."""
+
+    def __init__(self, *args: Any, max_literal: int = MAX_LITERAL, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self._buf = bytearray()
+        self._cur: Any = None
+        self.max_literal = max_literal
+        self.last_rx = 0.0
+        self.error: Exception | None = None
+
+    def data_received(self, d: bytes) -> None:
+        self.last_rx = asyncio.get_running_loop().time()
+        self._buf += d
+        try:
+            self._consume()
+        except LiteralTooLarge as exc:
+            self.error = exc
+            log.warning("%s", exc)
+            if self.transport is not None:
+                self.transport.close()
+        if self.pending_sync_command is not None:
+            self.pending_sync_command.flush()
+
+    def _consume(self) -> None:
+        buf = self._buf
+        pos = 0
+        end = len(buf)
+        while pos < end:
+            cmd = self._cur
+            if cmd is not None and cmd.wait_literal_data():
+                need = cmd._expected_size - len(cmd._resp_literal_data)
+                chunk = bytes(buf[pos : pos + need])
+                pos += len(chunk)
+                cmd.append_literal_data(chunk)
+                if cmd.wait_literal_data():
+                    break
+                continue
+            idx = buf.find(CRLF, pos)
+            if idx < 0:
+                if end - pos > MAX_LINE:
+                    raise LiteralTooLarge("The IMAP server sent a line longer than 1 MiB.")
+                break
+            line = bytes(buf[pos:idx])
+            pos = idx + 2
+            cmd2 = self._handle_line(line, cmd)
+            m = _LITERAL_END.search(line) if line.endswith(b"}") else None
+            if m:
+                size = int(m.group(1))
+                if size > self.max_literal:
+                    raise LiteralTooLarge(
+                        f"The IMAP server announced a {size:,}-byte item, more than the "
+                        f"{self.max_literal:,}-byte limit; the connection was closed."
+                    )
+                if cmd2 is None:
+                    cmd2 = _aio.Command("NIL", "unused", loop=self.loop)
+                cmd2.begin_literal_data(size)
+                self._cur = cmd2
+            elif cmd2 is not None and cmd2.wait_data():
+                self._cur = cmd2
+            else:
+                self._cur = None
+        del buf[:pos]
+
+    async def fetch(
+        self,
+        message_set: str,
+        message_parts: str,
+        by_uid: bool = False,
+        timeout: float | None = None,  # noqa: ASYNC109 (aioimaplib's signature)
+    ) -> Any:
+        return await self.execute(
+            FastFetchCommand(
+                self.new_tag(), message_set, message_parts,
+                prefix="UID" if by_uid else "", loop=self.loop, timeout=timeout,
+            )
+        )  # fmt: skip
+
+    async def fetch_changedsince(self, uid_set: str, items: str, modseq: int) -> Any:
+        """``UID FETCH set (items) (CHANGEDSINCE n)`` (RFC 7162 3.1.4.1)."""
+        return await self.execute(
+            FastFetchCommand(
+                self.new_tag(), uid_set, f"{items} (CHANGEDSINCE {modseq})",
+                prefix="UID", loop=self.loop, timeout=None,
+            )
+        )  # fmt: skip
+
+    async def run(
+        self, name: str, *args: str, prefix: str = "", untagged: str | None = None
+    ) -> Any:
+        """Any other command, e.g. ``run("SEARCH", "UID", "1:*", prefix="UID")``."""
+        return await self.execute(
+            _aio.Command(
+                name, self.new_tag(), *args, prefix=prefix or None,
+                untagged_resp_name=untagged, loop=self.loop,
+            )
+        )  # fmt: skip
+
+
+class FastIMAP4(_aio.IMAP4):  # type: ignore[misc]
+    """aioimaplib's IMAP4 (or IMAP4 over TLS with ``ssl_context``) on FastProtocol."""
+
+    def __init__(self, *args: Any, max_literal: int = MAX_LITERAL, **kw: Any) -> None:
+        self._max_literal = max_literal
+        super().__init__(*args, **kw)
+
+    def create_client(
+        self, host: str, port: int, loop: Any, conn_lost_cb: Any = None, ssl_context: Any = None
+    ) -> None:
+        local_loop = loop if loop is not None else asyncio.get_running_loop()
+        self.protocol = FastProtocol(local_loop, conn_lost_cb, max_literal=self._max_literal)
+        self._client_task = local_loop.create_task(
+            local_loop.create_connection(lambda: self.protocol, host, port, ssl=ssl_context)
+        )

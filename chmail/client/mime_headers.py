@@ -1,0 +1,225 @@
+"""Fast, forgiving parsing of a mail's header block into what the cache keeps.
+
+Sync parses tens of thousands of header blocks; ``email.parser`` costs about as much per
+message as the whole IMAP fetch, so the common shapes take a fast path here and only odd
+ones (quoted display names, comments, encoded words) go through the slower careful code.
+Nothing here raises on malformed input: a header that cannot be read is left empty.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import calendar
+import codecs
+import email.utils
+import quopri
+import re
+
+from chmail.client.cache_models import NewMessage
+
+# The fields sync asks for (IMAP BODY.PEEK[HEADER.FIELDS (...)]).
+SYNC_FIELDS = (
+    "From", "To", "Cc", "Subject", "Date", "Message-ID", "In-Reply-To", "References",
+    "X-CH-Login", "X-CH-Port", "X-CH-Host", "X-CH-Sig", "X-CH-Context",
+)  # fmt: skip
+_CH_PREFIX = "x-ch-"
+
+# Charset names mail uses that Python spells differently, or where a superset decodes
+# what real senders actually wrote (Korean mail labelled euc-kr is often cp949).
+CHARSET_ALIASES = {
+    "ks_c_5601-1987": "cp949",
+    "ks_c_5601": "cp949",
+    "euc-kr": "cp949",
+    "euc_kr": "cp949",
+    "x-windows-949": "cp949",
+    "shift_jis": "cp932",
+    "shift-jis": "cp932",
+    "sjis": "cp932",
+    "x-sjis": "cp932",
+    "windows-31j": "cp932",
+    "gb2312": "gb18030",
+    "gbk": "gb18030",
+    "iso-2022-jp": "iso2022_jp_2",  # a superset: senders put JIS X 0212 in "iso-2022-jp"
+    "unknown-8bit": "utf-8",
+    "x-unknown": "utf-8",
+    "us-ascii": "utf-8",
+    "ascii": "utf-8",
+}
+
+_ENCODED_WORD = re.compile(rb"=\?([^?\s]+)\?([bBqQ])\?([^?\s]*)\?=")
+_BETWEEN_WORDS = re.compile(rb"(\?=)\s+(=\?)")
+_FOLD = re.compile(rb"\r?\n(?=[ \t])")
+_MSGID = re.compile(r"<[^<>\s]+>")
+_SIMPLE_ADDR = re.compile(r"\s*(.*?)\s*<([^<>]*)>\s*$")
+
+
+def codec_for(charset: str) -> str:
+    """A Python codec name for a MIME charset (unknown ones fall back to UTF-8)."""
+    name = charset.strip().strip('"').lower()
+    name = name.split("*", 1)[0]  # RFC 2231 language suffix
+    name = CHARSET_ALIASES.get(name, name)
+    try:
+        return codecs.lookup(name).name
+    except LookupError:
+        return "utf-8"
+
+
+def decode_bytes(data: bytes, charset: str = "utf-8") -> str:
+    """Decode text in ``charset``; undecodable bytes become U+FFFD, never an exception."""
+    codec = codec_for(charset)
+    try:
+        return data.decode(codec)
+    except UnicodeDecodeError:
+        if codec != "utf-8":
+            try:
+                return data.decode("utf-8")
+            except UnicodeDecodeError:
+                pass
+        return data.decode(codec, "replace")
+
+
+def _decode_word(m: re.Match[bytes]) -> bytes:
+    charset, enc, text = m.group(1).decode("ascii", "replace"), m.group(2), m.group(3)
+    try:
+        if enc in b"bB":
+            raw = base64.b64decode(text + b"=" * (-len(text) % 4))
+        else:
+            raw = quopri.decodestring(text.replace(b"_", b" "), header=True)
+    except (binascii.Error, ValueError):
+        return m.group(0)
+    return decode_bytes(raw, charset).encode("utf-8", "surrogatepass")
+
+
+def decode_header(value: bytes | str) -> str:
+    """Unfold a raw header value and decode RFC 2047 encoded words (RFC 2047 6.2: white
+    space between adjacent encoded words is dropped)."""
+    raw = value.encode("utf-8", "surrogateescape") if isinstance(value, str) else value
+    if b"\n" in raw:
+        raw = _FOLD.sub(b" ", raw)
+    if b"=?" not in raw and raw.isascii():
+        return raw.decode("ascii").replace("\t", " ").strip()
+    if b"=?" in raw:
+        raw = _BETWEEN_WORDS.sub(rb"\1\2", raw)
+        raw = _ENCODED_WORD.sub(_decode_word, raw)
+    return raw.decode("utf-8", "replace").replace("\t", " ").strip()
+
+
+_HEADER_LINE = re.compile(rb"^([!-9;-~]+)[ \t]*:[ \t]*(.*(?:\r?\n[ \t].*)*)", re.M)
+_BLANK_LINE = re.compile(rb"\r?\n\r?\n")
+
+
+def split_header_block(block: bytes) -> list[tuple[str, bytes]]:
+    """``(name, raw value)`` pairs of a header block in order (values still folded).
+
+    Lines that are not ``name: value`` are skipped; a blank line ends the block."""
+    m = _BLANK_LINE.search(block)
+    if m is not None and block[: m.start()].strip():
+        block = block[: m.start()]
+    return [
+        (k.decode("ascii"), v.rstrip(b"\r")) for k, v in _HEADER_LINE.findall(block.lstrip(b"\r\n"))
+    ]
+
+
+def addresses(value: str) -> list[tuple[str, str]]:
+    """``(display name, address)`` pairs of an address header (already decoded)."""
+    if not value:
+        return []
+    if '"' not in value and "(" not in value and "\\" not in value:
+        out = []
+        for part in value.split(","):
+            part = part.strip()
+            if not part:
+                continue
+            m = _SIMPLE_ADDR.match(part)
+            if m:
+                out.append((m.group(1), m.group(2).strip()))
+            elif ":" in part or ";" in part:  # group syntax: the careful path
+                return [(n, a) for n, a in email.utils.getaddresses([value]) if a or n]
+            else:
+                out.append(("", part))
+        return out
+    return [(n, a) for n, a in email.utils.getaddresses([value]) if a or n]
+
+
+def format_addresses(pairs: list[tuple[str, str]]) -> str:
+    return ", ".join(f"{n} <{a}>" if n else a for n, a in pairs)
+
+
+_MONTH_NAMES = "jan feb mar apr may jun jul aug sep oct nov dec"
+_MONTHS = {m: i for i, m in enumerate(_MONTH_NAMES.split(), 1)}
+_DATE = re.compile(
+    r"\s*(?:[A-Za-z]{3},\s*)?(\d{1,2})\s+([A-Za-z]{3})\s+(\d{4})\s+(\d{1,2}):(\d{2})(?::(\d{2}))?"
+    r"\s+([+-])(\d{2})(\d{2})\b"
+)
+
+
+def parse_date(value: str) -> int:
+    """Unix seconds of an RFC 5322 date, 0 if unreadable."""
+    m = _DATE.match(value)
+    if m is not None:
+        mon = _MONTHS.get(m.group(2).lower())
+        if mon is not None:
+            try:
+                secs = calendar.timegm(
+                    (int(m.group(3)), mon, int(m.group(1)), int(m.group(4)),
+                     int(m.group(5)), int(m.group(6) or 0), 0, 0, 0)
+                )  # fmt: skip
+            except (ValueError, OverflowError):
+                secs = None
+            if secs is not None:
+                off = int(m.group(8)) * 3600 + int(m.group(9)) * 60
+                return secs - off if m.group(7) == "+" else secs + off
+    try:
+        parsed = email.utils.parsedate_tz(value)
+        if parsed is None:
+            return 0
+        return int(email.utils.mktime_tz(parsed))
+    except (TypeError, ValueError, OverflowError, IndexError):
+        return 0
+
+
+def message_ids(value: str) -> list[str]:
+    return _MSGID.findall(value)
+
+
+def _ids(raw: bytes | None) -> list[str]:
+    return _MSGID.findall(raw.decode("ascii", "replace")) if raw else []
+
+
+def new_message(
+    uid: int, block: bytes, flags: tuple[str, ...] = (), size: int = 0, date: int = 0
+) -> NewMessage:
+    """Build the cache's view of one message from its (possibly partial) header block."""
+    fields: dict[str, bytes] = {}
+    ch: list[tuple[str, str]] = []
+    for name, raw in split_header_block(block):
+        low = name.lower()
+        if low.startswith(_CH_PREFIX):
+            ch.append((name, raw.decode("ascii", "replace")))
+        elif low not in fields:
+            fields[low] = raw
+    frm = addresses(decode_header(fields.get("from", b"")))
+    to = addresses(decode_header(fields.get("to", b"")))
+    cc = addresses(decode_header(fields.get("cc", b"")))
+    from_name, from_addr = frm[0] if frm else ("", "")
+    mid = _ids(fields.get("message-id"))
+    irt = _ids(fields.get("in-reply-to"))
+    refs = _ids(fields.get("references"))
+    date_raw = fields.get("date")
+    return NewMessage(
+        uid=uid,
+        message_id=mid[0] if mid else "",
+        in_reply_to=irt[0] if irt else "",
+        references=refs[-50:],  # bounded: a runaway References must not bloat the cache
+        from_name=from_name,
+        from_addr=from_addr,
+        to=format_addresses(to),
+        cc=format_addresses(cc),
+        subject=decode_header(fields.get("subject", b"")),
+        date=(parse_date(date_raw.decode("ascii", "replace")) if date_raw else 0) or date,
+        flags=flags,
+        size=size,
+        ch_headers=ch,
+        addresses=frm + to + cc,
+    )
