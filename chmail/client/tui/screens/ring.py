@@ -1,0 +1,49 @@
+"""An incoming ring: pops up over whatever screen is showing, with a bell (S111)."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from textual import on
+from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
+from textual.containers import Horizontal, Vertical
+from textual.screen import ModalScreen
+from textual.widgets import Button, Static
+
+from chmail.client.tui.api import Ring
+
+
+class RingScreen(ModalScreen[bool]):
+    """Dismisses True to accept, False to decline."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("y,a", "accept", "Accept", id="ring.accept"),
+        Binding("n,d,escape", "decline", "Decline", id="ring.decline"),
+    ]
+
+    def __init__(self, ring: Ring) -> None:
+        super().__init__()
+        self.ring = ring
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="ring"):
+            yield Static("🔔 Incoming chat", id="ring-title")
+            yield Static(f"{self.ring.caller} wants to chat about:", id="ring-caller")
+            yield Static(f"“{self.ring.subject or '(no subject)'}”", id="ring-subject")
+            if self.ring.context:
+                yield Static(self.ring.context, id="ring-context")
+            with Horizontal(id="ring-buttons"):
+                yield Button("Accept (y)", id="accept", variant="success")
+                yield Button("Decline (n)", id="decline", variant="error")
+
+    def on_mount(self) -> None:
+        self.query_one("#accept", Button).focus()
+
+    @on(Button.Pressed, "#accept")
+    def action_accept(self) -> None:
+        self.dismiss(True)
+
+    @on(Button.Pressed, "#decline")
+    def action_decline(self) -> None:
+        self.dismiss(False)

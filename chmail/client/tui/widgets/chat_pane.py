@@ -1,0 +1,141 @@
+"""The chat pane beside a mail: history, a typing indicator, read state, an input line."""
+
+from __future__ import annotations
+
+import time
+from typing import ClassVar
+
+from rich.text import Text
+from textual import on
+from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
+from textual.containers import Vertical, VerticalScroll
+from textual.message import Message as TMessage
+from textual.widgets import Input, Static
+
+from chmail.client.tui.api import ChatLine
+
+TYPING_SHOWN_S = 4.0
+
+
+class ChatPane(Vertical):
+    """One chat session. Posts ``Say`` / ``Typing`` / ``Leave`` for the screen to act on."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("escape", "leave", "Close chat", id="chat.close"),
+        Binding("ctrl+t", "file_transcript", "File transcript", id="chat.file"),
+    ]
+
+    class Say(TMessage):
+        def __init__(self, session: str, text: str) -> None:
+            super().__init__()
+            self.session = session
+            self.text = text
+
+    class Typing(TMessage):
+        def __init__(self, session: str) -> None:
+            super().__init__()
+            self.session = session
+
+    class Leave(TMessage):
+        def __init__(self, session: str) -> None:
+            super().__init__()
+            self.session = session
+
+    class FileTranscript(TMessage):
+        def __init__(self, session: str) -> None:
+            super().__init__()
+            self.session = session
+
+    def __init__(self, session: str, peer: str, subject: str, *, me: str) -> None:
+        super().__init__(id="chat-pane")
+        self.session = session
+        self.peer = peer
+        self.subject = subject
+        self.me = me
+        self.lines: list[ChatLine] = []
+        self.peer_read = 0
+        self.state = "ringing"
+        self._typing_until = 0.0
+        self._last_typing_sent = 0.0
+
+    def compose(self) -> ComposeResult:
+        yield Static(self._title(), id="chat-title")
+        yield VerticalScroll(Static(id="chat-log"), id="chat-scroll")
+        yield Static("", id="chat-typing")
+        yield Input(placeholder="Type a message, Enter sends", id="chat-input")
+
+    def on_mount(self) -> None:
+        self.set_interval(1.0, self._tick)
+        self.query_one("#chat-input", Input).focus()
+
+    def _title(self) -> Text:
+        text = Text(f"Chat with {self.peer}", style="bold")
+        text.append(f"  — {self.subject}\n")
+        text.append(self.state, style="green" if self.state == "connected" else "yellow")
+        return text
+
+    def set_state(self, state: str) -> None:
+        self.state = state
+        self.query_one("#chat-title", Static).update(self._title())
+
+    def add_line(self, line: ChatLine) -> None:
+        if any(old.seq == line.seq and old.seq > 0 for old in self.lines):
+            return
+        self.lines.append(line)
+        if not line.mine:
+            self._typing_until = 0.0
+        self._render_log()
+
+    def set_history(self, lines: list[ChatLine]) -> None:
+        self.lines = sorted(lines, key=lambda c: c.seq)
+        self._render_log()
+
+    def show_typing(self, who: str) -> None:
+        if who != self.me:
+            self._typing_until = time.monotonic() + TYPING_SHOWN_S
+            self._tick()
+
+    def show_read(self, seq: int) -> None:
+        self.peer_read = max(self.peer_read, seq)
+        self._render_log()
+
+    def _tick(self) -> None:
+        typing = time.monotonic() < self._typing_until
+        self.query_one("#chat-typing", Static).update(f"{self.peer} is typing…" if typing else "")
+
+    def _render_log(self) -> None:
+        text = Text()
+        for line in self.lines:
+            stamp = time.strftime("%H:%M", time.localtime(line.ts))
+            who = "me" if line.mine else line.sender
+            text.append(f"{stamp} ", style="dim")
+            text.append(f"{who}: ", style="bold cyan" if line.mine else "bold magenta")
+            text.append(line.text + "\n")
+        mine = [ln for ln in self.lines if ln.mine]
+        if mine and self.peer_read >= mine[-1].seq > 0:
+            text.append(f"✓ read by {self.peer}\n", style="dim green")
+        self.query_one("#chat-log", Static).update(text)
+        self.query_one("#chat-scroll", VerticalScroll).scroll_end(animate=False)
+
+    @on(Input.Submitted, "#chat-input")
+    def _submit(self, event: Input.Submitted) -> None:
+        event.stop()
+        text = event.value.strip()
+        if text:
+            event.input.value = ""
+            self.post_message(self.Say(self.session, text))
+
+    @on(Input.Changed, "#chat-input")
+    def _typing(self, event: Input.Changed) -> None:
+        event.stop()
+        now = time.monotonic()
+        if event.value and now - self._last_typing_sent > 2.0:
+            self._last_typing_sent = now
+            self.post_message(self.Typing(self.session))
+
+    def action_leave(self) -> None:
+        self.post_message(self.Leave(self.session))
+
+    def action_file_transcript(self) -> None:
+        self.post_message(self.FileTranscript(self.session))
