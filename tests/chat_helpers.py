@@ -57,7 +57,10 @@ class TestLink:
 
     async def _read(self) -> None:
         while True:
-            msg = await self.raw.recv(timeout=3600)
+            try:
+                msg = await self.raw.recv(timeout=3600)
+            except ConnectionError:
+                return
             if isinstance(msg, p.Ping):
                 self.raw.send(p.Pong(n=msg.n))
                 continue

@@ -274,15 +274,15 @@ class ChatEngine:
 
     def _on_host_chat(self, msg: p.Message) -> None:
         assert isinstance(msg, p.HostChat)
-        self._spawn(self._host(msg))
-
-    async def _host(self, msg: p.HostChat) -> None:
-        """Direct mode: host the session on our own port, or stop hosting it."""
-        if msg.stop:
+        if msg.stop:  # the server relays this chat after all
             s = self.hosted.pop(msg.call, None)
             if s is not None:
                 s.end("relayed")
             return
+        self._spawn(self._host(msg))
+
+    async def _host(self, msg: p.HostChat) -> None:
+        """Direct mode: host the session on our own port and tell the server."""
         ok, why = False, ""
         if not self.direct_host:
             why = "direct mode is off on this client"
@@ -297,7 +297,7 @@ class ChatEngine:
                     secret=bytes.fromhex(msg.secret),
                     backend=MemoryBackend(),
                 )
-                await session.listen(self.direct_bind)
+                await session.listen(self.direct_bind or self.direct_host)
                 self.hosted[msg.call] = session
                 ok = True
             except (OSError, ValueError) as exc:
