@@ -4,8 +4,6 @@ CH server of tests/fixtures/chserver.py."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import dataclasses
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -15,8 +13,8 @@ from chmail import headers
 from chmail import protocol as p
 from chmail.client.chat import ChatEngine, MailRef, mail_ref
 from chmail.client.chatsession import SessionClient
-from chmail.errors import ServerError
-from tests.fixtures.chserver import RawClient, RunningServer
+from chmail.client.chlink import ChLink
+from tests.fixtures.chserver import RunningServer
 
 E = TypeVar("E")
 
@@ -32,57 +30,12 @@ def chat_config(**kw: Any) -> dict[str, Any]:
     return {"public_host": "127.0.0.1", "ports": port_range(), **kw}
 
 
-class TestLink:
-    """chmail.client.chat.Link over the fixture's RawClient: replies by id, pushes by type."""
-
-    def __init__(self, raw: RawClient) -> None:
-        self.raw = raw
-        self.handlers: dict[str, Callable[[p.Message], None]] = {}
-        self.waiting: dict[int, asyncio.Future[p.Message]] = {}
-        self.task = asyncio.get_running_loop().create_task(self._read())
-
-    def on_push(self, t: str, handler: Callable[[p.Message], None]) -> None:
-        self.handlers[t] = handler
-
-    async def request(self, msg: p.Message) -> p.Message:
-        rid = self.raw.next_id()
-        msg = dataclasses.replace(msg, id=rid)  # type: ignore[call-arg]
-        fut: asyncio.Future[p.Message] = asyncio.get_running_loop().create_future()
-        self.waiting[rid] = fut
-        self.raw.send(msg)
-        reply = await fut
-        if isinstance(reply, p.Error):
-            raise ServerError(reply.message, code=reply.code)
-        return reply
-
-    async def _read(self) -> None:
-        while True:
-            try:
-                msg = await self.raw.recv(timeout=3600)
-            except ConnectionError:
-                return
-            if isinstance(msg, p.Ping):
-                self.raw.send(p.Pong(n=msg.n))
-                continue
-            rid = getattr(msg, "id", None)
-            if rid is not None and rid in self.waiting:
-                self.waiting.pop(rid).set_result(msg)
-            elif msg.t in self.handlers:
-                self.handlers[msg.t](msg)
-
-    async def close(self) -> None:
-        self.task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, ConnectionError):
-            await self.task
-        await self.raw.aclose()
-
-
 @dataclass
 class Client:
     """One user's client: the live link and the chat engine on it."""
 
     login: str
-    link: TestLink
+    link: ChLink
     engine: ChatEngine
     sessions: list[SessionClient] = field(default_factory=list)
 
@@ -112,18 +65,9 @@ class Client:
 async def connect(
     srv: RunningServer, login: str, *, direct_host: str = "", direct_bind: str = ""
 ) -> Client:
-    """Log ``login`` in to ``srv`` and start a chat engine on that link."""
-    raw = await RawClient.connect(srv.host, srv.port)
-    reply = await raw.request(
-        p.Auth(
-            login=login,
-            password=srv.passwords[login],
-            host=direct_host or "client.test",
-            direct=bool(direct_host),
-        )
-    )
-    assert isinstance(reply, p.AuthOk), reply
-    link = TestLink(raw)
+    """Log ``login`` in to ``srv`` with a real ChLink and start a chat engine on it."""
+    link = srv.link(login, advertised_host=direct_host or "client.test", direct=bool(direct_host))
+    await link.start()
     engine = ChatEngine(
         link, login, direct_host=direct_host, direct_bind=direct_bind, heartbeat=2.0
     )

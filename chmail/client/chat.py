@@ -24,17 +24,18 @@ import email.parser
 import email.policy
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from email.header import decode_header, make_header
 from email.message import EmailMessage, Message
 from email.utils import formatdate, make_msgid
-from typing import Protocol
+from typing import Any, Protocol
 
 from chmail import headers
 from chmail import protocol as p
 from chmail.chserver.sessions import ChatSession, MemoryBackend
 from chmail.client.chatsession import Line, SessionClient
+from chmail.config import AccountConfig
 from chmail.errors import ChatError, ChmailError, HeaderError
 
 log = logging.getLogger(__name__)
@@ -45,7 +46,7 @@ class Link(Protocol):
 
     async def request(self, msg: p.Message) -> p.Message: ...
 
-    def on_push(self, t: str, handler: Callable[[p.Message], None]) -> None: ...
+    def on_push(self, callback: Callable[[p.Message], Any]) -> Callable[[], None]: ...
 
 
 @dataclass(frozen=True)
@@ -136,10 +137,18 @@ class ChatEngine:
         self.hosted: dict[int, ChatSession] = {}  # direct mode: call id -> session
         self._changed = asyncio.Condition()
         self._tasks: set[asyncio.Task[None]] = set()
-        link.on_push("ring", self._on_ring)
-        link.on_push("call_state", self._on_state)
-        link.on_push("alarm_list", self._on_alarms)
-        link.on_push("host_chat", self._on_host_chat)
+        self._handlers: dict[str, Callable[[p.Message], None]] = {
+            "ring": self._on_ring,
+            "call_state": self._on_state,
+            "alarm_list": self._on_alarms,
+            "host_chat": self._on_host_chat,
+        }
+        self._unsubscribe = link.on_push(self._on_push)
+
+    def _on_push(self, msg: p.Message) -> None:
+        handler = self._handlers.get(msg.t)
+        if handler is not None:
+            handler(msg)
 
     # ------------------------------------------------------------------ requests
 
@@ -223,6 +232,7 @@ class ChatEngine:
         return client
 
     async def close(self) -> None:
+        self._unsubscribe()
         for s in list(self.hosted.values()):
             s.end("ended", by=self.login)
             if s.server is not None:
@@ -314,6 +324,22 @@ def _merge(old: p.CallState, new: p.CallState) -> p.CallState:
     if old.token and not new.token and new.state == "accepted":
         return old
     return new
+
+
+@contextlib.asynccontextmanager
+async def open_engine(account: AccountConfig) -> AsyncIterator[ChatEngine]:
+    """Log in to the account's CH server and run a chat engine on that link."""
+    from chmail.client.chlink import ChLink
+
+    link = await ChLink.from_account(account)
+    await link.start()
+    ch = account.ch
+    engine = ChatEngine(link, ch.login, direct_host=ch.direct_host if ch.direct else "")
+    try:
+        yield engine
+    finally:
+        await engine.close()
+        await link.close()
 
 
 # ----------------------------------------------------------------------------- transcript

@@ -1,0 +1,280 @@
+"""``chmail chat`` (line-mode chat about a mail) and ``chmail alarms`` (missed chats).
+
+    chmail chat [--account A] MESSAGE-ID | FILE.eml   ring the sender of that mail, chat
+    chmail chat [--account A] --answer                wait for a ring, take it, chat
+    chmail alarms [--account A] [--json] [--all] [--ack]
+
+Line mode: every line read from standard input is one message; messages of the others
+are printed to standard output as ``login: text``; what happens (ringing, joined, left,
+ended, reconnecting) goes to standard error as ``* ...``. ``/end`` ends the chat for
+everybody, ``/leave`` (or the end of input) leaves it once every message you typed is
+stored. ``--stay`` keeps printing after the end of input until the chat ends.
+Exit status: 0 chatted (or the callee will be alarmed), 1 error, 3 declined / missed /
+cancelled.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from chmail import config as config_mod
+from chmail.client.chat import ChatEngine, MailRef, mail_ref, open_engine, transcript_mail
+from chmail.client.chatsession import (
+    EndedEvent,
+    ErrorEvent,
+    Line,
+    LinkEvent,
+    MemberEvent,
+    SessionClient,
+)
+from chmail.client.cli import print_json
+from chmail.errors import ChatError
+
+BELL = "\a"
+
+
+def register(sub: Any) -> None:
+    chat = sub.add_parser(
+        "chat",
+        help="chat about a mail on the command line (line mode)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    chat.add_argument("mail", nargs="?", help="the mail's Message-ID, or a path to an .eml file")
+    chat.add_argument("--account", metavar="A", help="account to use (default: the first)")
+    chat.add_argument("--answer", action="store_true", help="wait for a ring and take it")
+    chat.add_argument(
+        "--stay", action="store_true", help="after the end of input, stay until the chat ends"
+    )
+    chat.add_argument(
+        "--transcript",
+        action="store_true",
+        help="when the chat ends, file its transcript into the mailbox (in the mail's thread)",
+    )
+    chat.add_argument("--no-bell", action="store_true", help="do not ring the terminal bell")
+    chat.set_defaults(func=run_chat)
+
+    alarms = sub.add_parser("alarms", help="list missed chats (alarms)")
+    alarms.add_argument("--account", metavar="A", help="account to use (default: the first)")
+    alarms.add_argument("--json", action="store_true", help="print JSON")
+    alarms.add_argument("--all", action="store_true", help="include alarms already seen")
+    alarms.add_argument("--ack", action="store_true", help="mark the listed alarms seen")
+    alarms.set_defaults(func=run_alarms)
+
+
+def note(text: str) -> None:
+    print(f"* {text}", file=sys.stderr, flush=True)
+
+
+# ----------------------------------------------------------------------------- alarms
+
+
+async def run_alarms(args: argparse.Namespace) -> int:
+    cfg = config_mod.load(args.config)
+    acc = cfg.account(args.account)
+    async with open_engine(acc) as engine:
+        alarms = await engine.alarms(include_seen=args.all)
+        if args.ack and alarms:
+            await engine.alarms(ack=[int(str(a["id"])) for a in alarms])
+    if args.json:
+        print_json(alarms)
+        return 0
+    if not alarms:
+        print("No missed chats.")
+        return 0
+    for a in alarms:
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(float(str(a["at"]))))
+        subject = f" about “{a['subject']}”" if a.get("subject") else ""
+        seen = "" if not a.get("seen") else " (seen)"
+        print(f"{when}  {a['caller']} called{subject}  {a.get('message_id', '')}{seen}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- chat
+
+
+def _read_file(path: Path) -> bytes | None:
+    """The bytes of ``path`` if it is a file (a small .eml: read at once)."""
+    if not path.is_file():
+        return None
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise ChatError(f"cannot read {path}: {exc.strerror}") from exc
+
+
+async def find_mail(args: argparse.Namespace, account: str) -> MailRef:
+    """The mail named on the command line: an .eml file, or a Message-ID in the cache."""
+    target = str(args.mail)
+    raw = None if target.startswith("<") else _read_file(Path(target))
+    if raw is not None:
+        return mail_ref(raw)
+    from chmail.client.cache import Cache
+
+    mid = target if target.startswith("<") else f"<{target}>"
+    cache = await Cache.open()
+    try:
+        msg = await cache.by_message_id(mid, account=account)
+    finally:
+        await cache.close()
+    if msg is None:
+        raise ChatError(
+            f"no mail {mid} in the local cache of account {account}; run `chmail sync`, "
+            "or pass the path of an .eml file"
+        )
+    pairs = [*msg.ch_headers, ("Message-ID", msg.message_id), ("Subject", msg.subject)]
+    if msg.references:
+        pairs.append(("References", " ".join(msg.references)))
+    return mail_ref(pairs)
+
+
+async def run_chat(args: argparse.Namespace) -> int:
+    if not args.mail and not args.answer:
+        raise ChatError("name a mail (Message-ID or .eml file) to chat about, or use --answer")
+    cfg = config_mod.load(args.config)
+    acc = cfg.account(args.account)
+    bell = "" if args.no_bell or not cfg.ui.bell else BELL
+    async with open_engine(acc) as engine:
+        if args.answer:
+            session, ref = await answer_ring(engine, bell)
+        else:
+            ref = await find_mail(args, acc.name)
+            joined = await call(engine, ref, bell)
+            if joined is None:
+                return 0
+            if isinstance(joined, int):
+                return joined
+            session = joined
+        try:
+            await line_mode(session, stay=args.stay)
+        finally:
+            await session.close()
+        if args.transcript and ref is not None:
+            await file_transcript(acc, session, ref)
+    return 0
+
+
+async def call(engine: ChatEngine, ref: MailRef, bell: str) -> SessionClient | int | None:
+    st = await engine.escalate(ref)
+    if st.state == "alarmed":
+        note(st.message)
+        return None
+    if st.state == "ringing":
+        note(f"ringing {st.peer} about “{st.subject}”…")
+        st = await engine.wait_state(st.call)
+    if st.state != "accepted":
+        note(st.message or f"the call was {st.state}")
+        return 3
+    note(f"{st.peer or 'the chat'} accepted{bell}")
+    return await engine.join(st)
+
+
+async def answer_ring(engine: ChatEngine, bell: str) -> tuple[SessionClient, MailRef | None]:
+    note("waiting for a ring…")
+    while True:
+        ring = await engine.next_ring()
+        note(f"{ring.caller} calls about “{ring.subject}” ({ring.message_id}){bell}")
+        st = await engine.answer(ring.call, accept=True)
+        if st.state == "accepted":
+            break
+        note(st.message or f"the call is {st.state}")
+    session = await engine.join(st)
+    return session, None
+
+
+def _stdin_lines(loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[str | None]) -> None:
+    """A daemon thread: standard input, line by line, into ``queue`` (None at the end)."""
+
+    def run() -> None:
+        for line in sys.stdin:
+            loop.call_soon_threadsafe(queue.put_nowait, line.rstrip("\r\n"))
+        loop.call_soon_threadsafe(queue.put_nowait, None)
+
+    threading.Thread(target=run, name="stdin", daemon=True).start()
+
+
+async def line_mode(session: SessionClient, *, stay: bool = False) -> None:
+    note(f"joined; in the chat: {', '.join(session.members) or 'just you'}")
+    inbox: asyncio.Queue[str | None] = asyncio.Queue()
+    _stdin_lines(asyncio.get_running_loop(), inbox)
+    printer = asyncio.get_running_loop().create_task(show(session))
+    try:
+        while True:
+            text = await inbox.get()
+            if text is None:
+                break
+            if text == "/end":
+                await session.end()
+                return
+            if text == "/leave":
+                break
+            if text.strip():
+                try:
+                    session.say(text)
+                except ChatError as exc:
+                    note(str(exc))
+            if session.ended is not None:
+                return
+        await wait_stored(session)
+        if stay:
+            await printer
+            return
+        await session.leave()
+    finally:
+        printer.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await printer
+
+
+async def wait_stored(session: SessionClient) -> None:
+    """Until every message typed so far is stored (or the chat ended)."""
+    while session.pending and session.ended is None:
+        await session.changed()
+
+
+async def show(session: SessionClient) -> None:
+    while True:
+        ev = await session.events.get()
+        if isinstance(ev, Line) and not ev.mine:
+            print(f"{ev.login}: {ev.text}", flush=True)
+            session.mark_read(ev.seq)
+        elif isinstance(ev, MemberEvent):
+            note(f"{ev.login} {ev.state}" if ev.state != "away" else f"{ev.login} went away")
+        elif isinstance(ev, LinkEvent):
+            note("reconnecting…" if ev.state == "reconnecting" else "back in the chat")
+        elif isinstance(ev, ErrorEvent):
+            note(ev.message)
+        elif isinstance(ev, EndedEvent):
+            note(f"the chat ended ({ev.reason}{', by ' + ev.by if ev.by else ''})")
+            return
+
+
+async def file_transcript(
+    acc: config_mod.AccountConfig, session: SessionClient, ref: MailRef
+) -> None:
+    msg = transcript_mail(
+        session.lines,
+        me=acc.email or acc.name,
+        subject=ref.subject,
+        message_id=ref.message_id,
+        references=ref.references,
+        members=session.members,
+    )
+    try:
+        from chmail.client.backends import open_backend
+    except ImportError:  # pragma: no cover - the mail engine is part of chmail
+        raise ChatError("this chmail cannot file mail into a mailbox") from None
+    backend = open_backend(acc)
+    await backend.connect()
+    try:
+        await backend.append("INBOX", msg.as_bytes(), flags=("\\Seen",))
+    finally:
+        await backend.close()
+    note("transcript filed in INBOX")
