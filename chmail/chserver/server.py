@@ -25,6 +25,7 @@ import asyncio
 import itertools
 import logging
 import ssl
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -256,7 +257,7 @@ class ChServer:
     async def start(
         self, host: str = "127.0.0.1", port: int = 0, *, ssl_context: ssl.SSLContext | None = None
     ) -> tuple[str, int]:
-        await self.store.reset_online()
+        await self.store.reset_online(int(time.time()))
         for hook in self.start_hooks:
             await hook()
         self._server = await asyncio.get_running_loop().create_server(
@@ -286,9 +287,12 @@ class ChServer:
             except TimeoutError:
                 for ctx in list(self._contexts.values()):
                     ctx.abort()
+        if self._bg:  # let disconnect bookkeeping finish; cut long handlers short
+            await asyncio.wait(list(self._bg), timeout=2)
         for task in list(self._bg):
             task.cancel()
         await asyncio.gather(*self._bg, return_exceptions=True)
+        await self.store.reset_online(int(time.time()))
         for hook in self.stop_hooks:
             await hook()
         for closer in self._closers:

@@ -7,7 +7,9 @@ their own SQL in their own store module over the same ``db`` connection.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +51,9 @@ class ServerStore:
     @classmethod
     async def open(cls, data_dir: Path) -> ServerStore:
         path = data_dir / DB_FILE
+        if not path.exists():  # password hashes inside: readable by the owner only
+            with contextlib.suppress(FileExistsError):
+                os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         return cls(await migrate.connect(path, "chserver"), path)
 
     async def close(self) -> None:
@@ -141,9 +146,12 @@ class ServerStore:
         )
         await self.db.commit()
 
-    async def reset_online(self) -> None:
-        """At start: nobody is connected yet, whatever the last run left behind."""
-        await self.db.execute("UPDATE logins SET online = 0 WHERE online != 0")
+    async def reset_online(self, now: int) -> None:
+        """At start and stop: nobody is connected, whatever the last run left behind."""
+        await self.db.execute(
+            "UPDATE logins SET online = 0, last_seen = max(last_seen, ?) WHERE online != 0",
+            (now,),
+        )
         await self.db.commit()
 
     async def login_rows(self) -> list[LoginRow]:
