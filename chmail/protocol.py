@@ -482,6 +482,8 @@ class Connection:
             raise RemoteProtocolError(f"{msg.t!r} before authentication", code=E_NOT_AUTHENTICATED)
         if self.role is Role.CLIENT and msg.t in AUTH_REPLIES:
             self.state = State.AUTHENTICATED
+        if isinstance(msg, Bye):
+            self.state = State.CLOSED  # nothing after a bye is read
         return msg
 
     def send(self, msg: Message) -> bytes:

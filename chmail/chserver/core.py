@@ -180,8 +180,7 @@ class Core:
         return None
 
     async def alloc(self, ctx: Context, msg: p.Alloc) -> p.Message | None:
-        login = ctx.login
-        assert login is not None  # the protocol refuses alloc before auth
+        login = ctx.require_login()
         try:
             message_id = headers.check_message_id(msg.message_id)
             context = headers.check_context(msg.context)
@@ -232,6 +231,7 @@ class Core:
         )
 
     async def presence(self, ctx: Context, msg: p.Presence) -> p.Message | None:
+        ctx.require_login()
         if len(msg.logins) > MAX_PRESENCE:
             raise ValidationError(f"ask for at most {MAX_PRESENCE} logins", code=p.E_LIMIT)
         online: dict[str, bool] = {}

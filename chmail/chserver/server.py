@@ -34,7 +34,7 @@ from chmail.chserver.ports import PortPool
 from chmail.chserver.registry import Registry
 from chmail.chserver.store import ServerStore
 from chmail.config import ServerConfig
-from chmail.errors import ChmailError, LocalProtocolError, RemoteProtocolError
+from chmail.errors import AuthError, ChmailError, LocalProtocolError, RemoteProtocolError
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +90,13 @@ class Context:
     @property
     def authenticated(self) -> bool:
         return self.login is not None
+
+    def require_login(self) -> str:
+        """The authenticated login; ``not_authenticated`` error for anything else (e.g. a
+        chat-session connection that joined a session but never logged in)."""
+        if self.login is None:
+            raise AuthError("log in first", code=p.E_NOT_AUTHENTICATED)
+        return self.login
 
     def send(self, msg: p.Message) -> bool:
         """Queue ``msg``; False when the connection is closed or was dropped as stalled."""

@@ -1,0 +1,100 @@
+"""Property and fuzz tests of the protocol decoder (hypothesis + a time-bounded random loop)."""
+
+from __future__ import annotations
+
+import random
+import time
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from chmail import protocol as p
+from chmail.errors import RemoteProtocolError
+
+ids = st.integers(min_value=0, max_value=p.MAX_ID)
+text = st.text(max_size=40)
+
+messages = st.one_of(
+    st.builds(p.Ping, n=ids),
+    st.builds(p.Pong, n=ids),
+    st.builds(p.Auth, id=ids, login=text, password=text, host=text, direct=st.booleans()),
+    st.builds(
+        p.Alloc,
+        id=ids,
+        message_id=text,
+        recipients=st.lists(text, max_size=5),
+        thread=st.lists(text, max_size=3),
+        context=text,
+    ),
+    st.builds(p.Presence, id=ids, logins=st.lists(text, max_size=5)),
+    st.builds(p.Bye, reason=text),
+)
+
+
+@given(msgs=st.lists(messages, max_size=8), cuts=st.lists(st.integers(1, 50), max_size=40))
+@settings(max_examples=300, deadline=None)
+def test_encode_decode_round_trip_any_split(msgs: list[p.Message], cuts: list[int]) -> None:
+    """Any sequence of messages, cut anywhere, decodes back to itself (pre-auth types aside)."""
+    data = b"".join(p.encode(m) for m in [p.Hello(), *msgs])
+    server = p.Connection(p.Role.SERVER)
+    server.send(p.Hello())
+    server.send(p.AuthOk(id=0))  # the server side is logged in: every client type is allowed
+    got: list[p.Message] = []
+    i = 0
+    for n in [*cuts, len(data)]:
+        server.receive_data(data[i : i + n])
+        got.extend(server.events())
+        i += n
+        if server.state is p.State.CLOSED:
+            break
+    expected = [p.Hello(), *msgs]
+    # A bye closes the connection: nothing after it is read.
+    if any(isinstance(m, p.Bye) for m in msgs):
+        expected = expected[: next(i for i, m in enumerate(expected) if isinstance(m, p.Bye)) + 1]
+    assert got == expected
+
+
+@given(data=st.binary(max_size=300))
+@settings(max_examples=500, deadline=None)
+def test_random_bytes_never_crash(data: bytes) -> None:
+    """Arbitrary bytes give messages, or RemoteProtocolError, never another exception."""
+    conn = p.Connection(p.Role.SERVER, max_frame=256)
+    try:
+        conn.receive_data(data)
+    except RemoteProtocolError:
+        assert conn.state is p.State.CLOSED
+    assert conn._decoder.buffered <= 256 + 4
+
+
+def test_fuzz_decoder_for_two_seconds() -> None:
+    """A seeded random byte loop against the decoder for ~2 s: no crash, bounded buffer."""
+    rng = random.Random(20261122)
+    seeds = [p.encode(p.Hello()), p.encode(p.Ping(n=1)), p.encode(p.Auth(id=1, login="a"))]
+    deadline = time.monotonic() + 2.0
+    runs = 0
+    while time.monotonic() < deadline:
+        conn = p.Connection(p.Role.SERVER, max_frame=512)
+        blob = bytearray(b"".join(rng.choice(seeds) for _ in range(rng.randint(1, 4))))
+        for _ in range(rng.randint(0, 8)):  # mutate: flip, insert, delete bytes
+            if not blob:
+                break
+            pos = rng.randrange(len(blob))
+            op = rng.randrange(3)
+            if op == 0:
+                blob[pos] = rng.randrange(256)
+            elif op == 1:
+                blob.insert(pos, rng.randrange(256))
+            else:
+                del blob[pos]
+        try:
+            i = 0
+            while i < len(blob):
+                n = rng.randint(1, 64)
+                conn.receive_data(bytes(blob[i : i + n]))
+                list(conn.events())
+                i += n
+        except RemoteProtocolError:
+            pass
+        assert conn._decoder.buffered <= 512 + 4
+        runs += 1
+    assert runs > 100
