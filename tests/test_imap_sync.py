@@ -191,8 +191,8 @@ async def test_move_and_delete_reach_the_server(
 
 async def test_bodies_on_demand(mailstack: MailStack, mail_user: MailUser, cache: Cache) -> None:
     """open_body fetches once, caches the source, and the body text becomes searchable."""
-    await lmtp.deliver(mailstack.dovecot.lmtp_path, "x@example.org", [mail_user.address],
-                       b"Subject: s\r\nMessage-ID: <b1@x>\r\n\r\nthe zanzibar plan\r\n")  # fmt: skip
+    raw = b"Subject: s\r\nMessage-ID: <b1@x>\r\n\r\nthe zanzibar plan\r\n"
+    await lmtp.deliver(mailstack.dovecot.lmtp_path, "x@example.org", [mail_user.address], raw)
     b = backend(mailstack, mail_user)
     s = Syncer(cache, b, mail_user.name)
     await s.connect()
@@ -200,10 +200,10 @@ async def test_bodies_on_demand(mailstack: MailStack, mail_user: MailUser, cache
     assert await cache.search("zanzibar") == []
     msg = await cache.by_message_id("<b1@x>")
     assert msg is not None
-    raw = await s.open_body(msg.pk)
+    got = await s.open_body(msg.pk)
     await b.close()
-    assert b"zanzibar" in raw
-    assert await s.open_body(msg.pk) == raw  # from the cache, connection closed
+    assert b"zanzibar" in got
+    assert await s.open_body(msg.pk) == got  # from the cache, connection closed
     assert [m.pk for m in await cache.search("zanzibar")] == [msg.pk]
 
 

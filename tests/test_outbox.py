@@ -277,8 +277,8 @@ async def test_unreachable_ch_server_sends_without_link(cache: Cache) -> None:
                         ch=ChAccountConfig(server="127.0.0.1:1", login="me"))  # fmt: skip
     box = outbox(cache, port, account=acc, allocator=dead, alloc_timeout=0.5,
                  notify=lambda mid, text: told.append(text))  # fmt: skip
-    acc_wait = AccountConfig(name="w", email="w@example.org",
-                             ch=ChAccountConfig(server="127.0.0.1:1", login="w", wait_for_link=True))  # fmt: skip
+    ch_wait = ChAccountConfig(server="127.0.0.1:1", login="w", wait_for_link=True)
+    acc_wait = AccountConfig(name="w", email="w@example.org", ch=ch_wait)
     box_wait = outbox(cache, port, account=acc_wait, allocator=dead, alloc_timeout=0.5)
     try:
         mid = await box.send(to=["you@example.org"], subject="s", body="b")
