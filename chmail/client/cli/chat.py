@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import sys
 import threading
 import time
@@ -44,7 +45,7 @@ def register(sub: Any) -> None:
     chat = sub.add_parser(
         "chat",
         help="chat about a mail on the command line (line mode)",
-        description=__doc__,
+        description=(__doc__ or "").replace("``", ""),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     chat.add_argument("mail", nargs="?", help="the mail's Message-ID, or a path to an .eml file")
@@ -190,12 +191,32 @@ async def answer_ring(engine: ChatEngine, bell: str) -> tuple[SessionClient, Mai
 
 
 def _stdin_lines(loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[str | None]) -> None:
-    """A daemon thread: standard input, line by line, into ``queue`` (None at the end)."""
+    """A daemon thread: standard input, line by line, into ``queue`` (None at the end).
+
+    It reads the file descriptor itself (``os.read``), not ``sys.stdin``, so that a
+    thread still blocked in it cannot hold the interpreter up at exit.
+    """
+
+    def put(item: str | None) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop is gone: we are exiting
+            loop.call_soon_threadsafe(queue.put_nowait, item)
 
     def run() -> None:
-        for line in sys.stdin:
-            loop.call_soon_threadsafe(queue.put_nowait, line.rstrip("\r\n"))
-        loop.call_soon_threadsafe(queue.put_nowait, None)
+        buf = b""
+        while True:
+            try:
+                chunk = os.read(0, 65536)
+            except OSError:
+                chunk = b""
+            if not chunk:
+                break
+            buf += chunk
+            *lines, buf = buf.split(b"\n")
+            for line in lines:
+                put(line.decode("utf-8", "replace").rstrip("\r"))
+        if buf:
+            put(buf.decode("utf-8", "replace"))
+        put(None)
 
     threading.Thread(target=run, name="stdin", daemon=True).start()
 
@@ -203,25 +224,27 @@ def _stdin_lines(loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[str | Non
 async def line_mode(session: SessionClient, *, stay: bool = False) -> None:
     note(f"joined; in the chat: {', '.join(session.members) or 'just you'}")
     inbox: asyncio.Queue[str | None] = asyncio.Queue()
-    _stdin_lines(asyncio.get_running_loop(), inbox)
-    printer = asyncio.get_running_loop().create_task(show(session))
+    loop = asyncio.get_running_loop()
+    _stdin_lines(loop, inbox)
+    printer = loop.create_task(show(session))
     try:
         while True:
-            text = await inbox.get()
-            if text is None:
+            getter = loop.create_task(inbox.get())
+            await asyncio.wait({getter, printer}, return_when=asyncio.FIRST_COMPLETED)
+            if not getter.done():  # the chat ended
+                getter.cancel()
+                return
+            text = getter.result()
+            if text is None or text == "/leave":
                 break
             if text == "/end":
                 await session.end()
                 return
-            if text == "/leave":
-                break
             if text.strip():
                 try:
                     session.say(text)
                 except ChatError as exc:
                     note(str(exc))
-            if session.ended is not None:
-                return
         await wait_stored(session)
         if stay:
             await printer

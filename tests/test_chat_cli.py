@@ -1,0 +1,134 @@
+"""``chmail chat`` and ``chmail alarms`` as real subprocesses against a real CH server."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from email.message import EmailMessage
+from pathlib import Path
+
+import tomli_w
+
+from tests.chat_helpers import chat_config
+from tests.fixtures.chserver import RunningServer, ServerFactory
+
+
+def write_config(tmp: Path, srv: RunningServer, login: str) -> Path:
+    path = tmp / f"{login}.toml"
+    account = {
+        "name": login,
+        "email": f"{login}@example.org",
+        "kind": "maildir",
+        "maildir": str(tmp / f"{login}-mail"),
+        "ch": {
+            "server": srv.address,
+            "login": login,
+            "password_command": f"printf %s {srv.passwords[login]}",
+        },
+    }
+    path.write_text(tomli_w.dumps({"accounts": [account], "ui": {"bell": False}}))
+    return path
+
+
+async def chmail(config: Path, *args: str) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "chmail.client",
+        "--config",
+        str(config),
+        *args,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+
+
+async def expect(stream: asyncio.StreamReader | None, text: str) -> str:
+    """Read lines of ``stream`` until one contains ``text``; return it."""
+    assert stream is not None
+    async with asyncio.timeout(20):
+        while True:
+            line = (await stream.readline()).decode()
+            if not line:
+                raise AssertionError(f"stream ended before {text!r}")
+            if text in line:
+                return line
+
+
+def say(proc: asyncio.subprocess.Process, text: str) -> None:
+    assert proc.stdin is not None
+    proc.stdin.write(text.encode() + b"\n")
+
+
+async def mail_from(srv: RunningServer, login: str, to: str, path: Path) -> Path:
+    """An .eml file of a mail ``login`` sent to ``to``, stamped with its chat link."""
+    link = srv.link(login, advertised_host="client.test")
+    await link.start()
+    mid = f"<cli-test.{login}@example.org>"
+    chat = await link.alloc_port(mid, [to])
+    await link.close()
+    msg = EmailMessage()
+    msg["From"] = f"{login}@example.org"
+    msg["To"] = to
+    msg["Subject"] = "Line mode"
+    msg["Message-ID"] = mid
+    for name, value in chat.headers():
+        msg[name] = value
+    msg.set_content("shall we chat?")
+    path.write_bytes(msg.as_bytes())
+    return path
+
+
+async def test_line_mode_chat_between_two_processes(
+    chserver_factory: ServerFactory, tmp_path: Path
+) -> None:
+    """bob's `chmail chat FILE.eml` rings alice's `chmail chat --answer`; lines go both ways."""
+    srv = await chserver_factory(**chat_config())
+    for login in ("alice", "bob"):
+        await srv.add_user(login)
+    eml = await mail_from(srv, "alice", "bob@example.org", tmp_path / "mail.eml")
+    alice = await chmail(write_config(tmp_path, srv, "alice"), "chat", "--answer")
+    await expect(alice.stderr, "waiting for a ring")
+    bob = await chmail(write_config(tmp_path, srv, "bob"), "chat", str(eml))
+    try:
+        await expect(alice.stderr, "bob calls about “Line mode”")
+        await expect(bob.stderr, "alice accepted")
+        await expect(bob.stderr, "joined")
+        await expect(alice.stderr, "joined")
+        say(bob, "hello alice")
+        assert (await expect(alice.stdout, "hello")).strip() == "bob: hello alice"
+        say(alice, "hi bob")
+        assert (await expect(bob.stdout, "hi")).strip() == "alice: hi bob"
+        say(alice, "/end")
+        await expect(bob.stderr, "the chat ended (ended, by alice)")
+        async with asyncio.timeout(20):
+            assert await alice.wait() == 0
+            assert await bob.wait() == 0
+    finally:
+        for proc in (alice, bob):
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+
+
+async def test_calling_an_offline_user_then_listing_alarms(
+    chserver_factory: ServerFactory, tmp_path: Path
+) -> None:
+    """A call to an offline user ends at once; that user's `chmail alarms --json` lists it."""
+    srv = await chserver_factory(**chat_config())
+    for login in ("carol", "bob"):
+        await srv.add_user(login)
+    eml = await mail_from(srv, "carol", "bob@example.org", tmp_path / "mail.eml")
+    await srv.wait_for(lambda: not srv.server.is_online("carol"))
+    bob = await chmail(write_config(tmp_path, srv, "bob"), "chat", str(eml))
+    await expect(bob.stderr, "carol is offline; they will be alarmed")
+    async with asyncio.timeout(20):
+        assert await bob.wait() == 0
+    carol = await chmail(write_config(tmp_path, srv, "carol"), "alarms", "--json")
+    async with asyncio.timeout(20):
+        out, err = await carol.communicate()
+    assert carol.returncode == 0, err
+    alarms = json.loads(out)
+    assert [(a["caller"], a["subject"]) for a in alarms] == [("bob", "Line mode")]
