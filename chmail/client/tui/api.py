@@ -64,6 +64,10 @@ class MailApi(Protocol):
 
     async def sync(self, account: str, progress: Progress) -> None: ...
 
+    def start_live(self, on_change: Callable[[], None]) -> None: ...
+
+    def state(self) -> tuple[str, str]: ...
+
     async def close(self) -> None: ...
 
 
@@ -86,6 +90,7 @@ class ChatLine:
     text: str
     ts: float
     mine: bool = False
+    cid: str = ""
 
 
 @dataclass(frozen=True)

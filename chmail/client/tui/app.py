@@ -12,6 +12,7 @@ from typing import ClassVar
 
 from textual.app import App
 from textual.binding import Binding, BindingType
+from textual.timer import Timer
 
 from chmail.client.tui import chat_actions
 from chmail.client.tui.api import AlarmItem, ChatApi, ChatLine, MailApi, Ring
@@ -23,8 +24,6 @@ from chmail.config import Config
 from chmail.errors import ChmailError
 
 log = logging.getLogger(__name__)
-
-SYNC_EVERY_S = 60.0
 
 
 class ChmailApp(App[None]):
@@ -49,6 +48,9 @@ class ChmailApp(App[None]):
         self.alarms: list[AlarmItem] = []
         self.rings: dict[str, RingScreen] = {}
         self.theme = config.ui.theme
+        self._reload_timer: Timer | None = None
+        self._last_mail_error = ""
+        self.startup_notes: list[str] = []
 
     def on_mount(self) -> None:
         keys = dict(self.config.ui.keys)
@@ -58,11 +60,13 @@ class ChmailApp(App[None]):
 
     def main_ready(self) -> None:
         """The main screen is up: start the chat link and the first sync."""
+        for note in self.startup_notes:
+            self.notify(note, severity="warning", timeout=10)
         if self.chat is not None:
             self.run_worker(self._start_chat(), group="chat-start")
         if self.auto_sync:
-            self.run_worker(self.sync_all(), group="sync", exclusive=True)
-            self.set_interval(SYNC_EVERY_S, self._periodic_sync)
+            self.mail.start_live(self._mail_changed)
+        self.set_interval(1.0, self._poll_mail_state)
 
     @property
     def main(self) -> MainScreen | None:
@@ -73,8 +77,27 @@ class ChmailApp(App[None]):
 
     # ------------------------------------------------------------------ mail
 
-    def _periodic_sync(self) -> None:
-        self.run_worker(self.sync_all(), group="sync", exclusive=True)
+    def _mail_changed(self) -> None:
+        """The sync changed the cache: redraw folders and the list (at most 4 times a second)."""
+        if self._reload_timer is None:
+            self._reload_timer = self.set_timer(0.25, self._reload)
+
+    def _reload(self) -> None:
+        self._reload_timer = None
+        main = self.main
+        if main is not None:
+            main.load_folders()
+            main.refresh_rows()
+
+    def _poll_mail_state(self) -> None:
+        main = self.main
+        if main is None:
+            return
+        state, error = self.mail.state()
+        main.status.mail_state = state
+        if error and error != self._last_mail_error:
+            main.status.fail(f"Mail: {error}")
+        self._last_mail_error = error
 
     async def sync_all(self) -> None:
         main = self.main
@@ -100,7 +123,7 @@ class ChmailApp(App[None]):
                 main.status.sync = ""
         if main is not None:
             main.load_folders()
-            main.msg_list.reload()
+            main.refresh_rows()
 
     # ------------------------------------------------------------------ chat events
 

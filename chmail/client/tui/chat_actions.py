@@ -67,7 +67,8 @@ def load_history(screen: MainScreen, session: str) -> None:
             return
         p = pane(screen)
         if p is not None and p.session == session and lines:
-            p.set_history([*lines, *(ln for ln in p.lines if ln.seq <= 0)])
+            known = {ln.cid for ln in lines}
+            p.set_history([*lines, *(ln for ln in p.lines if ln.cid not in known)])
 
     screen.run_worker(run(), group="chat-history")
 

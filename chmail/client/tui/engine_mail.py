@@ -6,8 +6,10 @@ from the cache alone: reading cached bodies, flags and moves are then local edit
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -17,13 +19,20 @@ from chmail.client.tui.api import Draft, Progress
 from chmail.client.tui.sources import EmptySource, FolderSource, SearchSource, ThreadedSource
 from chmail.client.tui.widgets.message_list import RowSource
 from chmail.config import AccountConfig
-from chmail.errors import MailError
+from chmail.errors import ChmailError, MailError
 
 log = logging.getLogger(__name__)
 
 
 class SyncerLike(Protocol):
+    online: bool
+    status: str
+
     async def sync_all(self, progress: Any = None) -> Any: ...
+
+    async def run(self, stop: asyncio.Event) -> None: ...
+
+    def on_change(self, listener: Callable[[int], None]) -> None: ...
 
     async def open_body(self, pk: int) -> bytes: ...
 
@@ -54,6 +63,8 @@ class AccountEngine:
     config: AccountConfig
     syncer: SyncerLike | None = None
     outbox: OutboxLike | None = None
+    append: Callable[[str, bytes], Awaitable[Any]] | None = None
+    close: Callable[[], Awaitable[None]] | None = None
 
 
 class LazyFolder:
@@ -92,6 +103,30 @@ class CacheMail:
         self.cache = cache
         self.accounts = dict(accounts)
         self._local_drafts: dict[int, Draft] = {}
+        self._stop = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def start_live(self, on_change: Callable[[], None]) -> None:
+        """Keep every account in sync in the background (IDLE, reconnect with backoff)."""
+        for eng in self.accounts.values():
+            if eng.syncer is not None:
+                eng.syncer.on_change(lambda _folder_id: on_change())
+                self._tasks.append(
+                    asyncio.get_running_loop().create_task(eng.syncer.run(self._stop))
+                )
+
+    def state(self) -> tuple[str, str]:
+        """("connected"|"offline"|"off"|"connecting", the first error in words)."""
+        syncers = [e.syncer for e in self.accounts.values() if e.syncer is not None]
+        if not syncers:
+            return "local", ""
+        bad = [s.status for s in syncers if not s.online]
+        if not bad:
+            return "connected", ""
+        if all(b in ("not connected", "online") for b in bad):
+            return "connecting", ""
+        worst = next((b for b in bad if b.startswith("offline")), bad[0])
+        return "offline", worst.removeprefix("offline: ")
 
     def account_names(self) -> list[str]:
         return list(self.accounts)
@@ -197,7 +232,26 @@ class CacheMail:
         await syncer.sync_all(progress=report)
 
     async def close(self) -> None:
+        self._stop.set()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, ChmailError):
+                await asyncio.wait_for(task, 5)
+        for eng in self.accounts.values():
+            if eng.close is not None:
+                with contextlib.suppress(ChmailError, OSError):
+                    await eng.close()
         await self.cache.close()
+
+    async def file_into_thread(self, message_id: str, raw: bytes) -> str:
+        """Append ``raw`` to the folder holding ``message_id`` (e.g. a chat transcript)."""
+        msg = await self.cache.by_message_id(message_id) if message_id else None
+        if msg is None:
+            raise MailError("The mail this chat was about is not in the cache; nothing filed.")
+        eng = self.accounts.get(msg.account)
+        if eng is None or eng.append is None:
+            raise MailError("This account cannot file mail into its folders.")
+        await eng.append(msg.folder, raw)
+        return str(msg.folder)
 
 
 def split_addresses(value: str) -> list[str]:

@@ -97,7 +97,7 @@ class MainScreen(Screen[None]):
         self.query_one("#search", Input).display = False
         self.query_one(Reader).clear("Select a mail and press Enter to read it.")
         self.query_one(MessageList).focus()
-        self.load_folders(select_first=True)
+        self.load_folders()
         self.capp.main_ready()
 
     # ------------------------------------------------------------------ folders
@@ -111,7 +111,7 @@ class MainScreen(Screen[None]):
         return self.query_one(MessageList)
 
     @work(group="folders")
-    async def load_folders(self, select_first: bool = False) -> None:
+    async def load_folders(self) -> None:
         tree = self.query_one(FolderTree)
         mail = self.capp.mail
         for account in mail.account_names():
@@ -121,7 +121,7 @@ class MainScreen(Screen[None]):
                 self.status.fail(str(exc))
                 continue
             tree.set_folders(account, folders)
-            if select_first and self.folder is None and folders:
+            if self.folder is None and folders:
                 inbox = next((f for f in folders if f.name.upper() == "INBOX"), folders[0])
                 self.open_folder(FolderRef(account, inbox.name))
                 tree.select_ref(FolderRef(account, inbox.name))
@@ -130,6 +130,10 @@ class MainScreen(Screen[None]):
         self.folder = ref
         self.search_query = ""
         self._show_rows()
+
+    def refresh_rows(self) -> None:
+        """Re-read the list from the cache (after a sync or a change), keeping the cursor."""
+        self._show_rows(keep_cursor=True)
 
     def _show_rows(self, keep_cursor: bool = False) -> None:
         if self.folder is None:
@@ -212,7 +216,7 @@ class MainScreen(Screen[None]):
                 await self.capp.mail.set_flag(msg, SEEN, True)
             except ChmailError as exc:
                 self.status.fail(str(exc))
-            self.msg_list.reload()
+            self.refresh_rows()
             self.load_folders()
 
     def _target(self) -> Message | None:
@@ -240,7 +244,7 @@ class MainScreen(Screen[None]):
             self.status.fail(str(exc))
             return
         self.status.say(note)
-        self.msg_list.reload()
+        self.refresh_rows()
         self.load_folders()
 
     def action_flag(self) -> None:
@@ -341,7 +345,7 @@ class MainScreen(Screen[None]):
     @work(group="sync", exclusive=True)
     async def action_sync(self) -> None:
         await self.capp.sync_all()
-        self.msg_list.reload()
+        self.refresh_rows()
         self.load_folders()
 
     # ------------------------------------------------------------------ compose

@@ -80,15 +80,18 @@ class ChatPane(Vertical):
         self.query_one("#chat-title", Static).update(self._title())
 
     def add_line(self, line: ChatLine) -> None:
-        if any(old.seq == line.seq and old.seq > 0 for old in self.lines):
-            return
+        for i, old in enumerate(self.lines):
+            if (line.cid and old.cid == line.cid) or (old.seq == line.seq > 0):
+                self.lines[i] = line
+                self._render_log()
+                return
         self.lines.append(line)
         if not line.mine:
             self._typing_until = 0.0
         self._render_log()
 
     def set_history(self, lines: list[ChatLine]) -> None:
-        self.lines = sorted(lines, key=lambda c: c.seq)
+        self.lines = sorted(lines, key=lambda c: (c.seq == 0, c.seq, c.ts))
         self._render_log()
 
     def show_typing(self, who: str) -> None:

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar, Protocol
 
+from rich.cells import set_cell_size
 from rich.segment import Segment
 from rich.style import Style
 from textual.binding import Binding, BindingType
@@ -138,7 +139,6 @@ class MessageList(ScrollView, can_focus=True):
         """Show rows from ``source``; loads its count and first page in a worker."""
         self.source = source
         self._generation += 1
-        self._pages.clear()
         self._pending.clear()
         keep = self.cursor if keep_cursor else 0
         self.run_worker(self._load_count(self._generation, keep), group="list-count")
@@ -152,6 +152,7 @@ class MessageList(ScrollView, can_focus=True):
         if gen != self._generation:
             return
         self.total = total
+        self._pages.clear()
         self._pages[first] = rows
         self.virtual_size = Size(self.size.width, total)
         self.cursor = max(0, min(cursor, total - 1))
@@ -214,7 +215,7 @@ class MessageList(ScrollView, can_focus=True):
         self.virtual_size = Size(self.size.width, self.total)
 
     def render_line(self, y: int) -> Strip:
-        width = self.size.width
+        width = self.scrollable_content_region.width
         index = self.scroll_offset.y + y
         base = self.rich_style
         if index >= self.total:
@@ -248,11 +249,11 @@ class MessageList(ScrollView, can_focus=True):
             chat, chat_style = " ", Style()
         date = fmt_date(msg.date).rjust(10)
         sender_w = max(8, min(24, width // 4))
-        sender = (msg.sender or "(unknown)")[: sender_w - 1].ljust(sender_w)
+        sender = set_cell_size((msg.sender or "(unknown)")[: sender_w * 2], sender_w - 1) + " "
         depth = self.source.depth_of(msg) if self.threaded and self.source else 0
         indent = "  " * min(depth, 8) + ("└ " if depth else "")
         used = 4 + 1 + sender_w + 10 + 1
-        subject = (indent + (msg.subject or "(no subject)"))[: max(0, width - used)]
+        subject = set_cell_size(indent + (msg.subject or "(no subject)"), max(0, width - used))
         return [
             Segment(new, text_style),
             Segment(flag, base + self.get_component_rich_style("message-list--flag")),
@@ -260,7 +261,7 @@ class MessageList(ScrollView, can_focus=True):
             Segment(" ", base),
             Segment(sender, text_style),
             Segment(" ", base),
-            Segment(subject.ljust(max(0, width - used)), text_style),
+            Segment(subject, text_style),
             Segment(date, base),
             Segment(" ", base),
         ]
