@@ -22,22 +22,23 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import socket
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import msgpack
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from chmail import migrate  # noqa: E402
-from chmail import protocol as p  # noqa: E402
-from chmail.chserver.chathub import SessionHub  # noqa: E402
-from chmail.config import ServerConfig  # noqa: E402
+from chmail import migrate
+from chmail import protocol as p
+from chmail.chserver.chathub import SessionHub
+from chmail.config import ServerConfig
 
 
 def free_port() -> int:
@@ -58,7 +59,7 @@ def pct(values: list[float], q: float) -> float:
 class RawRelay(asyncio.Protocol):
     """Cuts the byte stream into frames and forwards them to the other peer. Nothing else."""
 
-    peers: list[RawRelay] = []
+    peers: ClassVar[list[RawRelay]] = []
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -81,6 +82,35 @@ class RawRelay(asyncio.Protocol):
             for o in RawRelay.peers:
                 if o is not self:
                     o.transport.write(out)
+
+
+class DecodeRelay(RawRelay):
+    """Context baseline: also decodes each frame and re-encodes it with a sequence number
+    (what any chat relay must do at least), still without checks, storage or acks."""
+
+    seq: ClassVar[int] = 0
+
+    def data_received(self, data: bytes) -> None:
+        buf = self.buf
+        buf += data
+        off, end, out = 0, len(buf), []
+        while end - off >= 4:
+            (size,) = p.LENGTH.unpack_from(buf, off)
+            if end - off - 4 < size:
+                break
+            obj = msgpack.unpackb(buf[off + 4 : off + 4 + size], raw=False)
+            DecodeRelay.seq += 1
+            body = msgpack.packb(
+                {"t": "say", "seq": DecodeRelay.seq, "cid": obj.get("cid"), "text": obj.get("text")}
+            )
+            out.append(p.LENGTH.pack(len(body)) + body)
+            off += 4 + size
+        del buf[:off]
+        if out:
+            joined = b"".join(out)
+            for o in RawRelay.peers:
+                if o is not self:
+                    o.transport.write(joined)
 
 
 class Peer:
@@ -165,8 +195,10 @@ async def latency(a: Peer, b: Peer, n: int, kind: str, base: int) -> list[float]
 async def serve(kind: str) -> None:
     """Run one server (``raw`` relay or a chat ``session``) and print how to reach it."""
     loop = asyncio.get_running_loop()
-    if kind == "raw":
-        server = await loop.create_server(RawRelay, "127.0.0.1", 0)
+    if kind in ("raw", "decode"):
+        server = await loop.create_server(
+            RawRelay if kind == "raw" else DecodeRelay, "127.0.0.1", 0
+        )
         print(server.sockets[0].getsockname()[1], flush=True)
         await loop.run_in_executor(None, sys.stdin.read)  # until the parent closes stdin
         return
@@ -222,6 +254,15 @@ async def bench_sessions(messages: int, pings: int) -> dict[str, float]:
         x.writer.close()
     await stop_server(proc)
 
+    proc, info = await start_server("decode")
+    da, db = await raw_peer(int(info[0])), await raw_peer(int(info[0]))
+    db.writer.write(p.encode(p.Hello()))
+    await da.frames()
+    dec_tp = await throughput(da, db, messages, "say", 0)
+    for x in (da, db):
+        x.writer.close()
+    await stop_server(proc)
+
     proc, info = await start_server("session")
     port, sid, ta, tb = int(info[0]), int(info[1]), info[2], info[3]
     a = await session_peer(port, sid, "alice", ta)
@@ -236,6 +277,8 @@ async def bench_sessions(messages: int, pings: int) -> dict[str, float]:
         "relay_msgs_per_s": round(tp),
         "raw_relay_msgs_per_s": round(raw_tp),
         "relay_ratio": round(tp / raw_tp, 3),
+        "decode_relay_msgs_per_s": round(dec_tp),
+        "relay_ratio_vs_decode": round(tp / dec_tp, 3),
         "latency_p50_us": round(statistics.median(lat), 1),
         "latency_p99_us": round(pct(lat, 0.99), 1),
         "raw_rtt_p50_us": round(raw_p50, 1),
@@ -244,18 +287,120 @@ async def bench_sessions(messages: int, pings: int) -> dict[str, float]:
     }
 
 
+PASSWORD = "bench-password"
+
+
+async def start_ch_server(tmp: Path) -> tuple[asyncio.subprocess.Process, int]:
+    """A real ``chmail-server serve`` with users alice and bob; its control port."""
+    from chmail.chserver.app import hasher_for
+    from chmail.chserver.keys import ensure_data_dir
+    from chmail.chserver.store import ServerStore
+
+    data = ensure_data_dir(tmp / "server")
+    store = await ServerStore.open(data)
+    pw_hash = hasher_for(ServerConfig(argon2_time_cost=1, argon2_memory_kib=256)).hash(PASSWORD)
+    for login in ("alice", "bob"):
+        await store.add_user(login, pw_hash, [f"{login}@example.org"], int(time.time()))
+    await store.close()
+    low = 43000 + (os.getpid() % 200) * 50
+    env = dict(os.environ)
+    env.update(
+        {
+            "CHMAIL_SERVER_PUBLIC_HOST": "127.0.0.1",
+            "CHMAIL_SERVER_PORTS": f"{low}-{low + 49}",
+            "CHMAIL_SERVER_RINGS_PER_MINUTE_PER_CALLER": "1000000",
+            "CHMAIL_SERVER_RINGS_PER_MINUTE_PER_CALLEE": "1000000",
+            "CHMAIL_SERVER_ARGON2_TIME_COST": "1",
+            "CHMAIL_SERVER_ARGON2_MEMORY_KIB": "256",
+        }
+    )
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "chmail.chserver",
+        "serve",
+        "--data",
+        str(data),
+        "--listen",
+        "127.0.0.1:0",
+        stdout=asyncio.subprocess.PIPE,
+        env=env,
+    )
+    assert proc.stdout is not None
+    while True:
+        line = (await proc.stdout.readline()).decode()
+        if not line:
+            raise RuntimeError("chmail-server did not start")
+        if line.startswith("listening on "):
+            return proc, int(line.rsplit(":", 1)[1])
+
+
+async def bench_calls(n: int) -> dict[str, float]:
+    """Chat key -> ring at the callee; accept -> both sides joined. A real server process."""
+    from chmail.client.chat import ChatEngine, RingEvent, mail_ref
+    from chmail.client.chlink import ChLink
+
+    with tempfile.TemporaryDirectory() as tmp:
+        proc, port = await start_ch_server(Path(tmp))
+        links = {
+            who: ChLink("127.0.0.1", port, who, PASSWORD, advertised_host="bench.test")
+            for who in ("alice", "bob")
+        }
+        for link in links.values():
+            await link.start()
+        alice = ChatEngine(links["alice"], "alice")
+        bob = ChatEngine(links["bob"], "bob")
+        mid = "<bench.1@example.org>"
+        chat = await links["alice"].alloc_port(mid, ["bob@example.org"])
+        mail = mail_ref([*chat.headers(), ("Message-ID", mid), ("Subject", "bench")])
+        ring_ms: list[float] = []
+        open_ms: list[float] = []
+        for _ in range(n):
+            t0 = time.perf_counter()
+            st = await bob.escalate(mail)
+            while True:
+                ev = await alice.events.get()
+                if isinstance(ev, RingEvent) and ev.ring.call == st.call:
+                    break
+            ring_ms.append((time.perf_counter() - t0) * 1000)
+            t1 = time.perf_counter()
+            mine = await alice.answer(st.call)
+
+            async def bob_side(call: int) -> Any:
+                return await bob.join(await bob.wait_state(call))
+
+            a, b = await asyncio.gather(alice.join(mine), bob_side(st.call))
+            open_ms.append((time.perf_counter() - t1) * 1000)
+            await a.end()
+            await b.close()
+            await bob.wait_state(st.call, ("ended",))
+        await alice.close()
+        await bob.close()
+        for link in links.values():
+            await link.close()
+        proc.terminate()
+        await proc.wait()
+    return {
+        "ring_p50_ms": round(statistics.median(ring_ms), 2),
+        "ring_p99_ms": round(pct(ring_ms, 0.99), 2),
+        "open_p50_ms": round(statistics.median(open_ms), 2),
+        "open_p99_ms": round(pct(open_ms, 0.99), 2),
+    }
+
+
 async def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--messages", type=int, default=20000)
     ap.add_argument("--pings", type=int, default=2000)
     ap.add_argument("--calls", type=int, default=100)
-    ap.add_argument("--serve", choices=["raw", "session"], help=argparse.SUPPRESS)
+    ap.add_argument("--serve", choices=["raw", "decode", "session"], help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.serve:
         await serve(args.serve)
         return {}
     result: dict[str, Any] = {}
     result.update(await bench_sessions(args.messages, args.pings))
+    result.update(await bench_calls(args.calls))
     for k, v in result.items():
         print(f"{k:24} {v}")
     print(json.dumps(result))

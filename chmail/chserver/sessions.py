@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import bisect
+import functools
 import hashlib
 import hmac
 import logging
@@ -54,6 +55,7 @@ MAX_UNSTORED = 5_000
 RESTART_GAP = 10_000
 _pack = msgpack.Packer(use_bin_type=True).pack
 _LENGTH_FROM = p.LENGTH.unpack_from
+_unpack = functools.partial(msgpack.unpackb, raw=False, strict_map_key=True)
 _SAY_KEYS = {"t", "id", "cid", "text"}
 
 
@@ -297,7 +299,8 @@ class ChatSession:
 
     def say(self, conn: SessionConn, rid: int, cid: str, text: str) -> None:
         """``conn``'s member says ``text`` (request ``rid``, client id ``cid``)."""
-        if not cid or len(cid.encode()) > MAX_CID:
+        # len(str) * 4 bounds its UTF-8 size: encode only when it might be too long
+        if not cid or (len(cid) * 4 > MAX_CID and len(cid.encode()) > MAX_CID):
             conn.send(
                 p.Error(
                     code=p.E_INVALID,
@@ -306,7 +309,7 @@ class ChatSession:
                 )
             )
             return
-        if len(text.encode()) > self.max_text:
+        if len(text) * 4 > self.max_text and len(text.encode()) > self.max_text:
             conn.send(
                 p.Error(
                     code=p.E_LIMIT,
@@ -463,8 +466,16 @@ class SessionConn(asyncio.Protocol):
         self.session.flush_out()
 
     def _frame(self, body: bytearray) -> None:
-        obj = p.decode_obj(bytes(body))
-        if self.login and obj["t"] == "say":  # the hot path
+        if self.login:  # joined: the hot path first
+            try:
+                obj = _unpack(body)
+            except Exception:  # msgpack raises several unrelated types on garbage
+                raise RemoteProtocolError("frame is not valid msgpack") from None
+            if type(obj) is not dict or type(obj.get("t")) is not str:
+                raise RemoteProtocolError("a frame must hold a msgpack map with a string 't'")
+        else:
+            obj = p.decode_obj(bytes(body))
+        if self.login and obj["t"] == "say":
             rid, cid, text = obj.get("id", 0), obj.get("cid"), obj.get("text")
             if (
                 type(rid) is int
