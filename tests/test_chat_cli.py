@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import email
+import email.policy
 import json
 import sys
 from email.message import EmailMessage
@@ -91,7 +93,7 @@ async def test_line_mode_chat_between_two_processes(
     eml = await mail_from(srv, "alice", "bob@example.org", tmp_path / "mail.eml")
     alice = await chmail(write_config(tmp_path, srv, "alice"), "chat", "--answer")
     await expect(alice.stderr, "waiting for a ring")
-    bob = await chmail(write_config(tmp_path, srv, "bob"), "chat", str(eml))
+    bob = await chmail(write_config(tmp_path, srv, "bob"), "chat", "--transcript", str(eml))
     try:
         await expect(alice.stderr, "bob calls about “Line mode”")
         await expect(bob.stderr, "alice accepted")
@@ -106,6 +108,18 @@ async def test_line_mode_chat_between_two_processes(
         async with asyncio.timeout(20):
             assert await alice.wait() == 0
             assert await bob.wait() == 0
+        filed = [
+            f
+            for f in (tmp_path / "bob-mail").rglob("*")
+            if f.is_file() and b"X-Chmail-Transcript" in f.read_bytes()
+        ]
+        assert len(filed) == 1
+        transcript = email.message_from_bytes(filed[0].read_bytes(), policy=email.policy.default)
+        assert transcript["Subject"] == "Chat: Line mode"
+        assert transcript["In-Reply-To"] == "<cli-test.alice@example.org>"
+        body = transcript.get_content()
+        assert "bob: hello alice" in body
+        assert "alice: hi bob" in body
     finally:
         for proc in (alice, bob):
             if proc.returncode is None:

@@ -144,7 +144,7 @@ async def run_chat(args: argparse.Namespace) -> int:
     bell = "" if args.no_bell or not cfg.ui.bell else BELL
     async with open_engine(acc) as engine:
         if args.answer:
-            session, ref = await answer_ring(engine, bell)
+            session, thread = await answer_ring(engine, bell)
         else:
             ref = await find_mail(args, acc.name)
             joined = await call(engine, ref, bell)
@@ -153,12 +153,13 @@ async def run_chat(args: argparse.Namespace) -> int:
             if isinstance(joined, int):
                 return joined
             session = joined
+            thread = (ref.message_id, ref.subject, ref.references)
         try:
             await line_mode(session, stay=args.stay)
         finally:
             await session.close()
-        if args.transcript and ref is not None:
-            await file_transcript(acc, session, ref)
+        if args.transcript:
+            await file_transcript(acc, session, *thread)
     return 0
 
 
@@ -177,7 +178,9 @@ async def call(engine: ChatEngine, ref: MailRef, bell: str) -> SessionClient | i
     return await engine.join(st)
 
 
-async def answer_ring(engine: ChatEngine, bell: str) -> tuple[SessionClient, MailRef | None]:
+async def answer_ring(
+    engine: ChatEngine, bell: str
+) -> tuple[SessionClient, tuple[str, str, tuple[str, ...]]]:
     note("waiting for a ring…")
     while True:
         ring = await engine.next_ring()
@@ -187,7 +190,7 @@ async def answer_ring(engine: ChatEngine, bell: str) -> tuple[SessionClient, Mai
             break
         note(st.message or f"the call is {st.state}")
     session = await engine.join(st)
-    return session, None
+    return session, (ring.message_id, ring.subject, ())
 
 
 def _stdin_lines(loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[str | None]) -> None:
@@ -280,20 +283,23 @@ async def show(session: SessionClient) -> None:
 
 
 async def file_transcript(
-    acc: config_mod.AccountConfig, session: SessionClient, ref: MailRef
+    acc: config_mod.AccountConfig,
+    session: SessionClient,
+    message_id: str,
+    subject: str,
+    references: tuple[str, ...],
 ) -> None:
+    """File the chat into the account's INBOX, in the thread of ``message_id``."""
+    from chmail.client.backends import open_backend
+
     msg = transcript_mail(
         session.lines,
         me=acc.email or acc.name,
-        subject=ref.subject,
-        message_id=ref.message_id,
-        references=ref.references,
+        subject=subject,
+        message_id=message_id,
+        references=references,
         members=session.members,
     )
-    try:
-        from chmail.client.backends import open_backend
-    except ImportError:  # pragma: no cover - the mail engine is part of chmail
-        raise ChatError("this chmail cannot file mail into a mailbox") from None
     backend = open_backend(acc)
     await backend.connect()
     try:
