@@ -96,7 +96,7 @@ def decode_header(value: bytes | str) -> str:
     space between adjacent encoded words is dropped)."""
     raw = value.encode("utf-8", "surrogateescape") if isinstance(value, str) else value
     if b"\n" in raw:
-        raw = _FOLD.sub(b" ", raw)
+        raw = _FOLD.sub(b"", raw)
     if b"=?" not in raw and raw.isascii():
         return raw.decode("ascii").replace("\t", " ").strip()
     if b"=?" in raw:
