@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from chmail import headers
+from chmail import protocol as p
 from chmail.client.chat import AlarmEvent, CallEvent, RingEvent
 from chmail.client.chatsession import EndedEvent, Line
 from chmail.errors import ChmailError
@@ -79,9 +80,17 @@ async def test_unanswered_ring_repeats_then_is_missed_on_both_sides(world: World
     """S115: the callee is rung again while silent; at the timeout both see missed."""
     c = await world(ring_timeout=0.6, ring_interval=0.1)
     alice, bob = c["alice"], c["bob"]
+    pushes = alice.link.subscribe()
     mail = await alice.send_mail("bob@example.org", subject="Ping")
     st = await bob.engine.escalate(mail)
     assert (await bob.engine.wait_state(st.call)).state == "missed"
+    rings = []
+    while not pushes.empty():
+        msg = pushes.get_nowait()
+        if isinstance(msg, p.Ring):
+            rings.append(msg.n)
+    assert len(rings) >= 2  # rung again while silent
+    assert rings == list(range(1, len(rings) + 1))
     seen = await next_event(alice.engine.events, CallEvent, lambda e: e.state.state == "missed")
     assert seen.state.call == st.call
     assert alice.engine.rings == {}
@@ -182,3 +191,34 @@ async def test_three_participants_on_one_port(world: World) -> None:
     assert (await next_event(k.events, EndedEvent)).by == "alice"
     ended = await next_event(bob.engine.events, CallEvent, lambda e: e.state.state == "ended")
     assert ended.state.call == st.call
+
+
+async def test_callee_going_offline_while_rung_gets_an_alarm(world: World) -> None:
+    """S113: a callee whose computer goes off while it rings is alarmed instead."""
+    c = await world(ring_interval=0.05, heartbeat_interval=0.1, heartbeat_timeout=0.5)
+    alice, bob = c["alice"], c["bob"]
+    mail = await alice.send_mail("bob@example.org")
+    st = await bob.engine.escalate(mail)
+    await next_event(alice.engine.events, RingEvent)
+    await alice.link.close()  # alice's machine is gone
+    final = await bob.engine.wait_state(st.call)
+    assert final.state == "alarmed"
+    assert final.message == "alice went offline; they will be alarmed"
+
+
+async def test_open_chat_limit_per_user(world: World) -> None:
+    """A user at the limit of open chats is told so; the chat already open carries on."""
+    c = await world(max_sessions_per_user=1)
+    alice, bob = c["alice"], c["bob"]
+    one = await alice.send_mail("bob@example.org")
+    two = await alice.send_mail("bob@example.org")
+    st = await bob.engine.escalate(one)
+    ring = (await next_event(alice.engine.events, RingEvent)).ring
+    a = await alice.join(await alice.engine.answer(ring.call))
+    b = await bob.join(await bob.engine.wait_state(st.call))
+    with pytest.raises(ChmailError) as err:
+        await bob.engine.escalate(two)
+    assert err.value.code == "limit"
+    assert "chats open" in str(err.value)
+    b.say("still here")
+    assert (await next_event(a.events, Line, lambda ln: not ln.mine)).text == "still here"
