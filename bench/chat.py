@@ -113,6 +113,27 @@ class DecodeRelay(RawRelay):
                     o.transport.write(joined)
 
 
+class StreamRelay:
+    """Context baseline: the relay most people would write first, with asyncio streams:
+    read a frame (``readexactly``), write it to the other peer, no decoding at all."""
+
+    def __init__(self) -> None:
+        self.writers: list[asyncio.StreamWriter] = []
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.writers.append(writer)
+        try:
+            while True:
+                head = await reader.readexactly(4)
+                body = await reader.readexactly(p.LENGTH.unpack(head)[0])
+                for w in self.writers:
+                    if w is not writer:
+                        w.write(head + body)
+                        await w.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
+
+
 class Peer:
     """A bench client: counts frames of one type, with the same decoding cost both ways."""
 
@@ -195,6 +216,12 @@ async def latency(a: Peer, b: Peer, n: int, kind: str, base: int) -> list[float]
 async def serve(kind: str) -> None:
     """Run one server (``raw`` relay or a chat ``session``) and print how to reach it."""
     loop = asyncio.get_running_loop()
+    if kind == "streams":
+        relay = StreamRelay()
+        server = await asyncio.start_server(relay.handle, "127.0.0.1", 0)
+        print(server.sockets[0].getsockname()[1], flush=True)
+        await loop.run_in_executor(None, sys.stdin.read)
+        return
     if kind in ("raw", "decode"):
         server = await loop.create_server(
             RawRelay if kind == "raw" else DecodeRelay, "127.0.0.1", 0
@@ -254,14 +281,16 @@ async def bench_sessions(messages: int, pings: int) -> dict[str, float]:
         x.writer.close()
     await stop_server(proc)
 
-    proc, info = await start_server("decode")
-    da, db = await raw_peer(int(info[0])), await raw_peer(int(info[0]))
-    db.writer.write(p.encode(p.Hello()))
-    await da.frames()
-    dec_tp = await throughput(da, db, messages, "say", 0)
-    for x in (da, db):
-        x.writer.close()
-    await stop_server(proc)
+    context: dict[str, float] = {}
+    for kind in ("decode", "streams"):
+        proc, info = await start_server(kind)
+        da, db = await raw_peer(int(info[0])), await raw_peer(int(info[0]))
+        db.writer.write(p.encode(p.Hello()))
+        await da.frames()
+        context[kind] = await throughput(da, db, messages, "say", 0)
+        for x in (da, db):
+            x.writer.close()
+        await stop_server(proc)
 
     proc, info = await start_server("session")
     port, sid, ta, tb = int(info[0]), int(info[1]), info[2], info[3]
@@ -277,8 +306,10 @@ async def bench_sessions(messages: int, pings: int) -> dict[str, float]:
         "relay_msgs_per_s": round(tp),
         "raw_relay_msgs_per_s": round(raw_tp),
         "relay_ratio": round(tp / raw_tp, 3),
-        "decode_relay_msgs_per_s": round(dec_tp),
-        "relay_ratio_vs_decode": round(tp / dec_tp, 3),
+        "decode_relay_msgs_per_s": round(context["decode"]),
+        "relay_ratio_vs_decode": round(tp / context["decode"], 3),
+        "stream_relay_msgs_per_s": round(context["streams"]),
+        "relay_ratio_vs_streams": round(tp / context["streams"], 3),
         "latency_p50_us": round(statistics.median(lat), 1),
         "latency_p99_us": round(pct(lat, 0.99), 1),
         "raw_rtt_p50_us": round(raw_p50, 1),
@@ -393,7 +424,9 @@ async def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--messages", type=int, default=20000)
     ap.add_argument("--pings", type=int, default=2000)
     ap.add_argument("--calls", type=int, default=100)
-    ap.add_argument("--serve", choices=["raw", "decode", "session"], help=argparse.SUPPRESS)
+    ap.add_argument(
+        "--serve", choices=["raw", "decode", "streams", "session"], help=argparse.SUPPRESS
+    )
     args = ap.parse_args(argv)
     if args.serve:
         await serve(args.serve)

@@ -35,6 +35,7 @@ import hmac
 import logging
 import time
 from collections.abc import Callable, Iterable
+from typing import Any
 from typing import Protocol as TypingProtocol
 
 import msgpack
@@ -297,6 +298,45 @@ class ChatSession:
             self._relay(conn, p.Member(login=msg.login, state="joined"))
             self.backend.joined(self, msg.login)
 
+    def say_many(self, conn: SessionConn, items: list[tuple[int, str, str]]) -> None:
+        """``conn``'s member says each ``(request id, client id, text)``, in order.
+
+        The hot path: new messages get their seqs, are pushed to the other members as one
+        write each, and wait for the next commit; anything unusual goes through ``say``.
+        """
+        login, by_cid, unstored = conn.login, self.by_cid, self._unstored
+        messages, batch, max_text = self.messages, self._batch, self.max_text
+        seq, now, frames = self.next_seq, time.time(), []
+        for rid, cid, text in items:
+            key = (login, cid)
+            if (
+                key in by_cid
+                or not cid
+                or len(cid) * 4 > MAX_CID
+                or len(text) * 4 > max_text
+                or len(batch) >= MAX_UNSTORED
+            ):
+                self.next_seq = seq
+                self.say(conn, rid, cid, text)
+                seq, batch = self.next_seq, self._batch  # say() may have flushed
+                continue
+            m = StoredMessage(seq, login, cid, text, now)
+            seq += 1
+            messages.append(m)
+            by_cid[key] = m.seq
+            unstored[key] = [(conn, rid)]
+            if not batch:
+                self._loop.call_soon(self._flush)
+            batch.append(m)
+            frames.append(_chat_frame(m))
+        self.next_seq = seq
+        self.last_active = now
+        if frames:
+            data = b"".join(frames)
+            for c in self.conns:
+                if c is not conn:
+                    c.queue(data)
+
     def say(self, conn: SessionConn, rid: int, cid: str, text: str) -> None:
         """``conn``'s member says ``text`` (request ``rid``, client id ``cid``)."""
         # len(str) * 4 bounds its UTF-8 size: encode only when it might be too long
@@ -352,20 +392,23 @@ class ChatSession:
 
     def _stored(self, batch: list[StoredMessage], err: BaseException | None) -> None:
         """A batch is committed: acknowledge each message to whoever sent it."""
-        for m in batch:
-            for c, rid in self._unstored.pop((m.sender, m.cid), []):
-                if err is None:
+        unstored = self._unstored
+        if err is None:
+            for m in batch:
+                for c, rid in unstored.pop((m.sender, m.cid), ()):
                     c.queue(_said_frame(rid, m.seq, m.cid))
-                else:
-                    c.send(
-                        p.Error(
-                            code=p.E_INTERNAL,
-                            id=rid,
-                            message="the message could not be stored; send it again",
-                        )
+            self.flush_out()
+            return
+        for m in batch:  # not stored: the senders resend (the same cid is welcome again)
+            for c, rid in unstored.pop((m.sender, m.cid), ()):
+                c.send(
+                    p.Error(
+                        code=p.E_INTERNAL,
+                        id=rid,
+                        message="the message could not be stored; send it again",
                     )
-            if err is not None:
-                self.by_cid.pop((m.sender, m.cid), None)
+                )
+            self.by_cid.pop((m.sender, m.cid), None)
         self.flush_out()
 
     def _read(self, conn: SessionConn, msg: p.Read) -> None:
@@ -399,6 +442,30 @@ class ChatSession:
         self.conns.discard(conn)
         if conn.login and conn.login not in self.online() and not self.ended:
             self._relay(None, p.Member(login=conn.login, state="away"))
+
+
+def _decode(body: bytearray) -> dict[str, Any]:
+    try:
+        obj = _unpack(body)
+    except Exception:  # msgpack raises several unrelated types on garbage
+        raise RemoteProtocolError("frame is not valid msgpack") from None
+    if type(obj) is not dict or type(obj.get("t")) is not str:
+        raise RemoteProtocolError("a frame must hold a msgpack map with a string 't'")
+    return obj
+
+
+def _say_fields(obj: dict[str, Any]) -> tuple[int, str, str] | None:
+    """``(id, cid, text)`` of a well-typed ``say`` map, else None (the slow path judges)."""
+    rid, cid, text = obj.get("id", 0), obj.get("cid"), obj.get("text")
+    if (
+        type(rid) is int
+        and 0 <= rid <= p.MAX_ID
+        and type(cid) is str
+        and type(text) is str
+        and obj.keys() <= _SAY_KEYS
+    ):
+        return rid, cid, text
+    return None
 
 
 def _chat_frame(m: StoredMessage) -> bytes:
@@ -447,6 +514,7 @@ class SessionConn(asyncio.Protocol):
         buf = self._buf
         buf += data
         off, end, limit = 0, len(buf), self.session.max_frame
+        says: list[tuple[int, str, str]] = []  # consecutive ``say`` requests, in order
         try:
             while end - off >= 4:
                 (size,) = _LENGTH_FROM(buf, off)
@@ -456,36 +524,30 @@ class SessionConn(asyncio.Protocol):
                     break
                 body = buf[off + 4 : off + 4 + size]
                 off += 4 + size
-                self._frame(body)
+                if self.login:  # joined: ``say`` is the hot path
+                    obj = _decode(body)
+                    if obj["t"] == "say":
+                        item = _say_fields(obj)
+                        if item is not None:
+                            says.append(item)
+                            continue
+                    if says:
+                        self.session.say_many(self, says)
+                        says = []
+                    self._message(obj)
+                else:
+                    self._message(p.decode_obj(bytes(body)))
                 if self.transport is None or self.transport.is_closing():
                     break
         except RemoteProtocolError as exc:
             self.write(p.encode(p.Error(code=exc.code, message=exc.message)))
             self.close()
+        if says and self.transport is not None and not self.transport.is_closing():
+            self.session.say_many(self, says)
         del buf[:off]
         self.session.flush_out()
 
-    def _frame(self, body: bytearray) -> None:
-        if self.login:  # joined: the hot path first
-            try:
-                obj = _unpack(body)
-            except Exception:  # msgpack raises several unrelated types on garbage
-                raise RemoteProtocolError("frame is not valid msgpack") from None
-            if type(obj) is not dict or type(obj.get("t")) is not str:
-                raise RemoteProtocolError("a frame must hold a msgpack map with a string 't'")
-        else:
-            obj = p.decode_obj(bytes(body))
-        if self.login and obj["t"] == "say":
-            rid, cid, text = obj.get("id", 0), obj.get("cid"), obj.get("text")
-            if (
-                type(rid) is int
-                and 0 <= rid <= p.MAX_ID
-                and type(cid) is str
-                and type(text) is str
-                and obj.keys() <= _SAY_KEYS
-            ):
-                self.session.say(self, rid, cid, text)
-                return
+    def _message(self, obj: dict[str, Any]) -> None:
         try:
             msg = p.from_wire(obj)
         except RemoteProtocolError as exc:
