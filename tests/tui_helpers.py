@@ -24,7 +24,7 @@ SUBJECTS = [
     "Invoice 2026-11",
     "Meeting notes",
 ]
-BASE_TS = 1_790_000_000  # a fixed instant, so snapshots do not move
+BASE_TS = 1_600_000_000  # 2020-09-13: a fixed past instant, so snapshots do not move
 
 
 def raw_mail(

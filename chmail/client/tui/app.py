@@ -204,6 +204,8 @@ class ChmailApp(App[None]):
             p.set_state(f"ended: {reason}")
 
     def on_alarm(self, alarm: AlarmItem) -> None:
+        if any(a.id == alarm.id for a in self.alarms):
+            return
         self.alarms.append(alarm)
         if self.config.ui.bell:
             self.bell()

@@ -44,6 +44,8 @@ class AlarmsScreen(Screen[str | None]):
     def _fill(self) -> None:
         table = self.query_one(DataTable)
         table.clear()
+        unique = {a.id: a for a in self.items}
+        self.items = list(unique.values())
         for a in sorted(self.items, key=lambda a: a.ts, reverse=True):
             when = time.strftime("%d %b %H:%M", time.localtime(a.ts))
             table.add_row(when, a.caller, a.subject or "(no subject)", a.kind, key=a.id)
