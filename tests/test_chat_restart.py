@@ -61,14 +61,14 @@ async def test_sigkill_mid_chat_loses_nothing_and_shows_nothing_twice(
 ) -> None:
     """Kill -9 the server during a chat, restart it: the chat carries on, exactly once."""
     data = tmp_path / "srv"
-    await add_users(data, "alice", "bob")
+    await add_users(data, "alice", "bob", "carol")
     port = free_port()
     env = server_env(CHMAIL_SERVER_PUBLIC_HOST="127.0.0.1", CHMAIL_SERVER_PORTS=port_range())
     args = ("--listen", f"127.0.0.1:{port}")
     server = await chserver_process(data, *args, env=env)
     alice, bob = await client(port, "alice"), await client(port, "bob")
     try:
-        mail = await alice.send_mail("bob@example.org")
+        mail = await alice.send_mail("bob@example.org", "carol@example.org")
         st = await bob.engine.escalate(mail)
         ring = (await next_event(alice.engine.events, RingEvent)).ring
         a = await alice.join(await alice.engine.answer(ring.call))
@@ -112,6 +112,18 @@ async def test_sigkill_mid_chat_loses_nothing_and_shows_nothing_twice(
         b.say("after the restart")
         await until(lambda: "after the restart" in texts_from(a, "bob"))
         await until(lambda: alice.link.reconnects >= 1 and bob.link.reconnects >= 1)
+
+        # another recipient joins the chat the restarted server reopened, history and all
+        carol = await client(port, "carol")
+        try:
+            joined = await carol.engine.escalate(mail)
+            assert joined.state == "accepted"
+            k = await carol.join(joined)
+            await until(lambda: len(k.lines) == 27)
+            k.say("hello both")
+            await until(lambda: "hello both" in texts_from(a, "carol"))
+        finally:
+            await carol.close()
     finally:
         await alice.close()
         await bob.close()

@@ -190,17 +190,18 @@ class CallService:
         existing = self.hub.by_port(link.port)
         if existing is not None:
             active = self.by_session.get(existing.id)
-            if active is not None and active.state == "accepted":
+            # accepted, or reopened after a restart (no call in memory): join it
+            if active is None or active.state == "accepted":
                 token = await self.hub.admit(existing, caller)
                 return p.CallState(
                     id=msg.id,
-                    call=active.id,
+                    call=active.id if active else 0,
                     state="accepted",
                     peer=callee,
                     subject=existing.subject,
                     message_id=existing.message_id,
                     message=f"joining the chat with {callee}",
-                    host=active.host,
+                    host=active.host if active else self.seam.public_host,
                     port=existing.port,
                     session=existing.id,
                     token=token,

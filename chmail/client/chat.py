@@ -135,6 +135,7 @@ class ChatEngine:
         self.calls: dict[int, p.CallState] = {}
         self.rings: dict[int, p.Ring] = {}
         self.hosted: dict[int, ChatSession] = {}  # direct mode: call id -> session
+        self.joined: dict[int, SessionClient] = {}  # call id -> our link to its session
         self._changed = asyncio.Condition()
         self._tasks: set[asyncio.Task[None]] = set()
         self._handlers: dict[str, Callable[[p.Message], None]] = {
@@ -220,6 +221,9 @@ class ChatEngine:
         """Open the session of an accepted call."""
         if state.state != "accepted" or not state.token:
             raise ChatError(f"this call is {state.state}; there is no chat to join")
+        client = self.joined.get(state.call)
+        if client is not None and client.ended is None and state.call:
+            return client
         client = SessionClient(
             state.host,
             state.port,
@@ -229,6 +233,8 @@ class ChatEngine:
             heartbeat=self.heartbeat,
         )
         await client.start()
+        if state.call:
+            self.joined[state.call] = client
         return client
 
     async def close(self) -> None:
@@ -276,6 +282,11 @@ class ChatEngine:
             hosted = self.hosted.pop(msg.call, None)
             if hosted is not None:
                 hosted.end(msg.state)
+            joined = self.joined.pop(msg.call, None)
+            if joined is not None:
+                # the CH server says the chat is over: its session tells a connected
+                # client itself; one that is reconnecting must stop trying its port
+                joined.over(msg.state)
         self._spawn(self._note(msg))
 
     def _on_alarms(self, msg: p.Message) -> None:

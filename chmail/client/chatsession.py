@@ -123,6 +123,7 @@ class SessionClient:
         self.reconnects = 0
         self.max_text = 0
         self._tick = asyncio.Event()
+        self._over = ""  # set when the CH server said the chat ended
 
     # ------------------------------------------------------------------ public
 
@@ -264,6 +265,9 @@ class SessionClient:
                 log.info("chat link lost: %s", exc)
             if self._closing or self.ended is not None:
                 return
+            if self._over:  # lost the link of a chat already over: do not come back
+                self._on_ended(p.Ended(reason=self._over))
+                return
             self._joined.clear()
             if self._writer is not None:
                 self._writer.close()
@@ -309,6 +313,9 @@ class SessionClient:
             else:
                 self.reconnects += 1
                 self.events.put_nowait(LinkEvent("open"))
+                return
+            if self._over:
+                self._on_ended(p.Ended(reason=self._over))
                 return
             await asyncio.sleep(delay)  # back-off between attempts (not a synchronisation)
             delay = min(delay * 2, self.max_backoff)
@@ -358,6 +365,12 @@ class SessionClient:
                 break
         self.events.put_nowait(Stored(cid, seq))
         self._changed()
+
+    def over(self, reason: str) -> None:
+        """The CH server says the chat is over: do not reconnect to it any more."""
+        self._over = reason
+        if self.ended is None and not self._joined.is_set():
+            self._on_ended(p.Ended(reason=reason))
 
     def _on_ended(self, msg: p.Ended) -> None:
         self.ended = EndedEvent(msg.reason, msg.by)
