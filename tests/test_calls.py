@@ -222,3 +222,17 @@ async def test_open_chat_limit_per_user(world: World) -> None:
     assert "chats open" in str(err.value)
     b.say("still here")
     assert (await next_event(a.events, Line, lambda ln: not ln.mine)).text == "still here"
+
+
+async def test_ring_rate_limit_per_callee(world: World) -> None:
+    """A callee rung too often is protected; the caller is told why in plain words."""
+    c = await world(rings_per_minute_per_callee=1)
+    alice, bob, carol = c["alice"], c["bob"], c["carol"]
+    one = await alice.send_mail("bob@example.org")
+    two = await alice.send_mail("carol@example.org")
+    st = await bob.engine.escalate(one)
+    await bob.engine.hangup(st.call)
+    with pytest.raises(ChmailError) as err:
+        await carol.engine.escalate(two)
+    assert err.value.code == "rate_limited"
+    assert "alice is being rung too often" in str(err.value)
