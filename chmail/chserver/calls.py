@@ -277,10 +277,9 @@ class CallService:
             subject=subject,
             state="ringing",
             now=now,
+            session_id=session.id,
         )
-        await chatstore.set_call_state(db, call_id, "ringing", now=now, session_id=session.id)
-        await self.hub.admit(session, caller)
-        await self.hub.admit(session, callee)
+        await self.hub.admit(session, caller, callee)
         call = ActiveCall(
             call_id, caller, callee, session, subject, msg.message_id, host=self.seam.public_host
         )

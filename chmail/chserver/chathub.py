@@ -223,10 +223,11 @@ class SessionHub:
         if session.server is None:
             await session.listen(self.bind_host)
 
-    async def admit(self, session: ChatSession, login: str) -> str:
-        """Add ``login`` to ``session`` (limits checked); return its join token."""
-        if login not in session.members:
-            self.check_limit(login)
-        token = session.admit(login)
-        await chatstore.add_member(self.db, session.id, login, time.time())
-        return token
+    async def admit(self, session: ChatSession, *logins: str) -> str:
+        """Add ``logins`` to ``session`` (limits checked); return the first one's token."""
+        for login in logins:
+            if login not in session.members:
+                self.check_limit(login)
+        tokens = [session.admit(login) for login in logins]
+        await chatstore.add_members(self.db, session.id, logins, time.time())
+        return tokens[0]

@@ -166,10 +166,16 @@ async def open_session_count(db: aiosqlite.Connection, login: str) -> int:
 
 
 async def add_member(db: aiosqlite.Connection, session_id: int, login: str, now: float) -> None:
-    await db.execute(
+    await add_members(db, session_id, [login], now)
+
+
+async def add_members(
+    db: aiosqlite.Connection, session_id: int, logins: Sequence[str], now: float
+) -> None:
+    await db.executemany(
         "INSERT INTO chat_members(session_id, login, joined_at) VALUES (?, ?, ?)"
         " ON CONFLICT(session_id, login) DO UPDATE SET left_at = NULL",
-        (session_id, login, now),
+        [(session_id, login, now) for login in logins],
     )
     await db.commit()
 
@@ -214,11 +220,12 @@ async def create_call(
     subject: str,
     state: str,
     now: float,
+    session_id: int | None = None,
 ) -> int:
     cur = await db.execute(
         "INSERT INTO calls(caller, callee, port, lease, message_id, subject, state,"
-        " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (caller, callee, port, lease, message_id, subject, state, now, now),
+        " session_id, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (caller, callee, port, lease, message_id, subject, state, session_id, now, now),
     )
     await db.commit()
     assert cur.lastrowid is not None
