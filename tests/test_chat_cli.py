@@ -12,6 +12,7 @@ from pathlib import Path
 
 import tomli_w
 
+from chmail.client.cache import Cache, NewMessage
 from tests.chat_helpers import chat_config
 from tests.fixtures.chserver import RunningServer, ServerFactory
 
@@ -50,11 +51,13 @@ async def chmail(config: Path, *args: str) -> asyncio.subprocess.Process:
 async def expect(stream: asyncio.StreamReader | None, text: str) -> str:
     """Read lines of ``stream`` until one contains ``text``; return it."""
     assert stream is not None
+    seen = []
     async with asyncio.timeout(20):
         while True:
             line = (await stream.readline()).decode()
             if not line:
-                raise AssertionError(f"stream ended before {text!r}")
+                raise AssertionError(f"stream ended before {text!r}: {''.join(seen)}")
+            seen.append(line)
             if text in line:
                 return line
 
@@ -127,16 +130,37 @@ async def test_line_mode_chat_between_two_processes(
                 await proc.wait()
 
 
-async def test_calling_an_offline_user_then_listing_alarms(
+async def test_calling_an_offline_user_by_message_id_then_listing_alarms(
     chserver_factory: ServerFactory, tmp_path: Path
 ) -> None:
-    """A call to an offline user ends at once; that user's `chmail alarms --json` lists it."""
+    """`chmail chat MESSAGE-ID` (a cached mail) to an offline user ends at once; that user's
+    `chmail alarms --json` lists the call."""
     srv = await chserver_factory(**chat_config())
     for login in ("carol", "bob"):
         await srv.add_user(login)
     eml = await mail_from(srv, "carol", "bob@example.org", tmp_path / "mail.eml")
     await srv.wait_for(lambda: not srv.server.is_online("carol"))
-    bob = await chmail(write_config(tmp_path, srv, "bob"), "chat", str(eml))
+    mail = email.message_from_bytes(eml.read_bytes(), policy=email.policy.compat32)
+    async with await Cache.open() as cache:  # bob's chmail has synced that mail
+        inbox = await cache.upsert_folder("bob", "INBOX", special_use="inbox")
+        await cache.add_messages(
+            inbox.id,
+            [
+                NewMessage(
+                    uid=1,
+                    message_id=mail["Message-ID"],
+                    subject=mail["Subject"],
+                    from_addr="carol@example.org",
+                    ch_headers=[
+                        (k, " ".join(v.split()))
+                        for k, v in mail.items()  # unfolded, as sync
+                        if k.lower().startswith("x-ch-")
+                    ],
+                )
+            ],
+            uidvalidity=1,
+        )
+    bob = await chmail(write_config(tmp_path, srv, "bob"), "chat", mail["Message-ID"])
     await expect(bob.stderr, "carol is offline; they will be alarmed")
     async with asyncio.timeout(20):
         assert await bob.wait() == 0
