@@ -83,8 +83,10 @@ class Env:
             await self.hub.admit(s, login)
         return s
 
-    async def client(self, s: ChatSession, login: str, last_seq: int = 0) -> SessionClient:
-        c = SessionClient("127.0.0.1", s.port, s.id, login, s.admit(login), heartbeat=2.0)
+    async def client(
+        self, s: ChatSession, login: str, last_seq: int = 0, heartbeat: float = 2.0
+    ) -> SessionClient:
+        c = SessionClient("127.0.0.1", s.port, s.id, login, s.admit(login), heartbeat=heartbeat)
         c.last_seq = last_seq
         await c.start()
         self.clients.append(c)
@@ -255,3 +257,23 @@ async def test_wrong_token_is_refused(env: Env) -> None:
     c = SessionClient("127.0.0.1", s.port, s.id, "mallory", s.admit("bob"))
     with pytest.raises(ChatError, match="not valid"):
         await c.start()
+
+
+async def test_silent_connection_is_dropped(env: Env) -> None:
+    """A connection that stops sending (no pings) is dropped; the others see it go away."""
+    assert env.hub is not None
+    await env.hub.close()
+    env.config = ServerConfig(heartbeat_timeout=0.4)
+    await env.start_hub()
+    s = await env.session("alice", "bob")
+    a = await env.client(s, "alice", heartbeat=0.1)  # alice pings; bob will not
+    reader, writer = await asyncio.open_connection("127.0.0.1", s.port)
+    conn = p.Connection(p.Role.CLIENT)
+    writer.write(conn.send(p.Hello()))
+    writer.write(conn.send(p.Join(id=1, session=s.id, login="bob", token=s.admit("bob"))))
+    await next_event(a, MemberEvent, lambda ev: ev.login == "bob" and ev.state == "joined")
+    assert (await next_event(a, MemberEvent)).state == "away"  # bob said nothing since
+    async with asyncio.timeout(10):
+        while await reader.read(65536):
+            pass  # until the server closes it
+    writer.close()

@@ -148,6 +148,7 @@ class SessionHub:
             max_frame=cfg.max_frame,
             max_buffer=cfg.max_write_buffer,
             idle_timeout=cfg.session_idle_timeout,
+            conn_timeout=cfg.heartbeat_timeout,
             history=history or (),
             members=members,
             last_active=row.last_active,

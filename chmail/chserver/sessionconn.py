@@ -79,12 +79,14 @@ class SessionConn(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.login = ""
         self._out: list[bytes] = []
+        self.last_rx = session.loop_time()
         self._buf = bytearray()
         self._hello = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
+        self.session.every_conn.add(self)
         if self.session.ended:
             transport.close()
             return
@@ -92,6 +94,7 @@ class SessionConn(asyncio.Protocol):
         self.flush()
 
     def data_received(self, data: bytes) -> None:
+        self.last_rx = self.session.loop_time()
         buf = self._buf
         buf += data
         off, end, limit = 0, len(buf), self.session.max_frame
@@ -202,6 +205,10 @@ class SessionConn(asyncio.Protocol):
         if t.get_write_buffer_size() > self.session.max_buffer:
             log.warning("dropping a chat connection of %s that stopped reading", self.login)
             t.abort()
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
 
     def close(self) -> None:
         self.flush()

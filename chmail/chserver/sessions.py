@@ -108,6 +108,7 @@ class ChatSession:
         max_frame: int = p.DEFAULT_MAX_FRAME,
         max_buffer: int = 1 << 20,
         idle_timeout: float = 600.0,
+        conn_timeout: float = 45.0,
         history: Iterable[StoredMessage] = (),
         members: dict[str, int] | None = None,
         last_active: float | None = None,
@@ -124,13 +125,15 @@ class ChatSession:
         self.max_frame = max_frame
         self.max_buffer = max_buffer
         self.idle_timeout = idle_timeout
+        self.conn_timeout = conn_timeout
         self.messages: list[StoredMessage] = list(history)
         self.by_cid = {(m.sender, m.cid): m.seq for m in self.messages}
         self.next_seq = (self.messages[-1].seq if self.messages else 0) + 1
         if reopened:
             self.next_seq += RESTART_GAP
         self.members: dict[str, int] = dict(members or {})  # admitted login -> read seq
-        self.conns: set[SessionConn] = set()
+        self.conns: set[SessionConn] = set()  # joined
+        self.every_conn: set[SessionConn] = set()  # joined or not
         self.last_active = last_active if last_active is not None else time.time()
         self.ended = False
         self.end_reason = ""
@@ -143,6 +146,7 @@ class ChatSession:
         self._flush_soon = False
         self._loop = asyncio.get_running_loop()
         self._idle = self._loop.call_later(idle_timeout, self._check_idle)
+        self._sweeper = self._loop.call_later(conn_timeout / 2, self._sweep)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -171,6 +175,7 @@ class ChatSession:
         self.ended = True
         self.end_reason = reason
         self._idle.cancel()
+        self._sweeper.cancel()
         data = p.encode(p.Ended(reason=reason, by=by))
         for c in list(self.conns):
             c.write(data)
@@ -185,11 +190,15 @@ class ChatSession:
     def shutdown(self) -> None:
         """Close the listener and connections without ending the session (server stop)."""
         self._idle.cancel()
+        self._sweeper.cancel()
         for c in list(self.conns):
             c.close()
         self.conns.clear()
         if self.server is not None:
             self.server.close()
+
+    def loop_time(self) -> float:
+        return self._loop.time()
 
     def dirty(self, conn: SessionConn) -> None:
         """``conn`` has output queued; write it at the end of this turn of the loop."""
@@ -206,6 +215,16 @@ class ChatSession:
 
     def touch(self) -> None:
         self.last_active = time.time()
+
+    def _sweep(self) -> None:
+        """Drop connections silent for ``conn_timeout`` (clients ping; the peer is gone)."""
+        limit = self._loop.time() - self.conn_timeout
+        for c in [c for c in self.every_conn if c.last_rx < limit]:
+            log.info(
+                "chat session %d: %s silent for %.0fs; dropped", self.id, c.login, self.conn_timeout
+            )
+            c.abort()
+        self._sweeper = self._loop.call_later(self.conn_timeout / 2, self._sweep)
 
     def _check_idle(self) -> None:
         left = self.last_active + self.idle_timeout - time.time()
@@ -429,6 +448,7 @@ class ChatSession:
                 c.write(data)
 
     def lost(self, conn: SessionConn) -> None:
+        self.every_conn.discard(conn)
         if conn not in self.conns:
             return
         self.conns.discard(conn)

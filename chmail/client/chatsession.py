@@ -124,6 +124,7 @@ class SessionClient:
         self.max_text = 0
         self._tick = asyncio.Event()
         self._over = ""  # set when the CH server said the chat ended
+        self._last_tx = time.monotonic()
 
     # ------------------------------------------------------------------ public
 
@@ -207,7 +208,12 @@ class SessionClient:
     def _send(self, msg: p.Message) -> None:
         if self._writer is None or self._conn is None or not self._joined.is_set():
             return  # said-messages are resent on join; typing/read are not worth keeping
-        self._writer.write(self._conn.send(msg))
+        self._write(self._conn.send(msg))
+
+    def _write(self, data: bytes) -> None:
+        assert self._writer is not None
+        self._writer.write(data)
+        self._last_tx = time.monotonic()
 
     async def _connect(self) -> None:
         reader, writer = await asyncio.open_connection(self.host, self.port)
@@ -278,25 +284,26 @@ class SessionClient:
     async def _pump(self) -> None:
         reader, conn = self._reader, self._conn
         assert conn is not None
-        last_ping = time.monotonic()
+        last_rx = time.monotonic()
         while not self._closing:
             try:
                 data = await asyncio.wait_for(reader.read(65536), self.heartbeat)
             except TimeoutError:
-                if time.monotonic() - last_ping >= self.heartbeat * 3:
-                    raise
                 data = None
+            now = time.monotonic()
             if data == b"":
                 raise ConnectionResetError("the chat session closed the connection")
             if data:
-                last_ping = time.monotonic()
+                last_rx = now
                 conn.receive_data(data)
                 for msg in conn.events():
                     self._handle(msg)
                 if self.ended is not None:
                     return
-            elif self._writer is not None:
-                self._writer.write(conn.send(p.Ping(n=1)))
+            elif now - last_rx >= self.heartbeat * 3:
+                raise TimeoutError("the chat session went silent")
+            if now - self._last_tx >= self.heartbeat and self._writer is not None:
+                self._write(conn.send(p.Ping(n=1)))  # we are alive, even when only reading
 
     async def _reconnect(self) -> None:
         delay = 0.02
