@@ -36,6 +36,10 @@ async def test_direct_mode_host_serves_the_chat_itself(chserver_factory: ServerF
         assert (await next_event(a.events, Line, lambda ln: not ln.mine)).text == "straight to you"
         a.say("and back")
         assert (await next_event(b.events, Line, lambda ln: not ln.mine)).text == "and back"
+        await b.end()  # the host tells the server, which ends the call for both
+        ended = await bob.engine.wait_state(st.call, ("ended",))
+        assert ended.state == "ended"
+        assert theirs.session not in hub.sessions
     finally:
         for c in (alice, bob, carol):
             await c.close()

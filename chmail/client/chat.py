@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import email.parser
+import functools
 import email.policy
 import logging
 import time
@@ -302,6 +303,16 @@ class ChatEngine:
             return
         self._spawn(self._host(msg))
 
+    def _hosted_ended(self, call: int, _session: ChatSession, reason: str, _by: str) -> None:
+        """A chat we host ended here: tell the CH server (it does not see direct chats)."""
+        self.hosted.pop(call, None)
+        if reason in ("ended", "idle"):
+            self._spawn(self._quiet(p.Hangup(call=call)))
+
+    async def _quiet(self, msg: p.Message) -> None:
+        with contextlib.suppress(ChmailError):
+            await self.link.request(msg)
+
     async def _host(self, msg: p.HostChat) -> None:
         """Direct mode: host the session on our own port and tell the server."""
         ok, why = False, ""
@@ -320,6 +331,7 @@ class ChatEngine:
                 )
                 await session.listen(self.direct_bind or self.direct_host)
                 self.hosted[msg.call] = session
+                session.on_end.append(functools.partial(self._hosted_ended, msg.call))
                 ok = True
             except (OSError, ValueError) as exc:
                 why = f"cannot listen on port {msg.port}: {exc}"
