@@ -21,8 +21,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import email.parser
-import functools
 import email.policy
+import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
