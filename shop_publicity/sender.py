@@ -142,7 +142,8 @@ class Committer:
 
     async def _run(self) -> None:
         while True:
-            await self.wake.wait()
+            if not self.closing:
+                await self.wake.wait()
             self.wake.clear()
             batch, self.queue = self.queue, []
             if not batch:

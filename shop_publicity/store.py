@@ -475,37 +475,64 @@ class Store:
         return [(str(r[0]), str(r[1])) for r in rows]
 
     async def apply(self, outcomes: Sequence[m.Outcome]) -> None:
-        """Write a batch of recipient state changes and their events in one transaction."""
+        """Write a batch of recipient state changes and their events in one transaction.
+
+        A row's 'sending' is always posted before its final state, and a final state
+        is never followed by another 'sending' of the same row in one batch (a retry is
+        read back from the table first), so all 'sending' rows go first.
+        """
+        sending = [
+            (o.ch_headers, o.at, o.campaign_id, o.member_id)
+            for o in outcomes
+            if o.status == m.SENDING
+        ]
+        finals = [o for o in outcomes if o.status != m.SENDING]
+        kinds = {m.SENT: m.EV_SENT, m.FAILED: m.EV_FAILED}
         try:
-            for o in outcomes:
-                if o.status == m.SENDING:
-                    await self.conn.execute(
-                        "UPDATE recipients SET status = 'sending',"
-                        " ch_headers = ?, updated_at = ? WHERE campaign_id = ? AND member_id = ?",
-                        (o.ch_headers, o.at, o.campaign_id, o.member_id),
-                    )
-                    continue
-                await self.conn.execute(
+            if sending:
+                await self.conn.executemany(
+                    "UPDATE recipients SET status = 'sending', ch_headers = ?, updated_at = ?"
+                    " WHERE campaign_id = ? AND member_id = ?",
+                    sending,
+                )
+            if finals:
+                await self.conn.executemany(
                     "UPDATE recipients SET status = ?, last_error = ?, next_at = ?,"
                     " attempts = attempts + ?, updated_at = ?,"
                     " sent_at = CASE WHEN ? = 'sent' THEN ? ELSE sent_at END"
                     " WHERE campaign_id = ? AND member_id = ?",
-                    (
-                        o.status,
-                        o.error,
-                        o.next_at,
-                        o.attempts_inc,
-                        o.at,
-                        o.status,
-                        o.at,
-                        o.campaign_id,
-                        o.member_id,
-                    ),
+                    [
+                        (
+                            o.status,
+                            o.error,
+                            o.next_at,
+                            o.attempts_inc,
+                            o.at,
+                            o.status,
+                            o.at,
+                            o.campaign_id,
+                            o.member_id,
+                        )
+                        for o in finals
+                    ],
                 )
-                kind = {m.SENT: m.EV_SENT, m.FAILED: m.EV_FAILED}.get(o.status)
-                if kind:
-                    data = {"error": o.error} if o.error else {}
-                    await self._event(o.campaign_id, kind, o.member_id, o.at, data)
+                events = [
+                    (
+                        o.campaign_id,
+                        kinds[o.status],
+                        o.member_id,
+                        o.at,
+                        json.dumps({"error": o.error} if o.error else {}),
+                    )
+                    for o in finals
+                    if o.status in kinds
+                ]
+                if events:
+                    await self.conn.executemany(
+                        "INSERT INTO events(campaign_id, kind, member_id, at, data)"
+                        " VALUES (?,?,?,?,?)",
+                        events,
+                    )
             await self.conn.commit()
         except sqlite3.Error as exc:
             await self.conn.rollback()
