@@ -26,7 +26,7 @@ from typing import Any
 import aiosqlite
 
 from chmail import config, migrate
-from chmail.client import cache_search
+from chmail.client import cache_search, cache_threads
 from chmail.client.cache_models import (
     SEEN,
     SORTS,
@@ -215,101 +215,47 @@ class Cache:
     async def add_messages(
         self, folder_id: int, msgs: Sequence[NewMessage], *, uidvalidity: int = 0
     ) -> int:
-        """Insert (or refresh the flags of) messages by UID; returns how many were given."""
+        """Insert (or refresh the flags of) messages by UID; returns how many were given.
+
+        The whole batch (threads, rows, address book) runs as one call on the SQLite
+        thread, so sync can parse the next batch on the event loop meanwhile (sqlite3
+        releases the GIL while it writes)."""
         if not msgs:
             return 0
-        async with self.transaction() as db:
-            tids = await self._thread_ids(db, msgs)
-            rows = []
-            for m, tid in zip(msgs, tids, strict=True):
-                flags = _flags_text(m.flags)
-                ch = "".join(f"{n}: {v}\n" for n, v in m.ch_headers)
-                rows.append(
-                    (
-                        folder_id,
-                        m.uid,
-                        uidvalidity,
-                        m.message_id,
-                        m.in_reply_to,
-                        " ".join(m.references),
-                        tid,
-                        m.from_name,
-                        m.from_addr,
-                        m.to,
-                        m.cc,
-                        m.subject,
-                        m.date,
-                        flags,
-                        int(SEEN in m.flags),
-                        m.size,
-                        int(bool(m.ch_headers)),
-                        ch,
-                        (m.from_name or m.from_addr).casefold(),
-                        cache_search.subject_key(m.subject),
-                    )
-                )
-            await db.executemany(
-                "INSERT INTO messages (folder_id, uid, uidvalidity, message_id, in_reply_to,"
-                " refs, thread_id, from_name, from_addr, to_addrs, cc_addrs, subject, date,"
-                " flags, seen, size, has_ch, ch_headers, sort_from, sort_subject, indexed)"
-                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,0)"
-                " ON CONFLICT (folder_id, uid) DO UPDATE SET flags = excluded.flags,"
-                " seen = excluded.seen",
-                rows,
-            )
-            await cache_search.note_addresses(db, msgs)
+        async with self._write:
+            try:
+                await self.conn._execute(self._add_sync, folder_id, msgs, uidvalidity)  # type: ignore[no-untyped-call]
+            except sqlite3.Error as exc:
+                await self.conn.rollback()
+                raise StoreError(
+                    f"The mail cache {self.path} could not be written: {exc}."
+                ) from exc
         return len(msgs)
 
-    async def _thread_ids(self, db: aiosqlite.Connection, msgs: Sequence[NewMessage]) -> list[int]:
-        keys_of = [[k for k in (m.message_id, *m.references, m.in_reply_to) if k] for m in msgs]
-        wanted = list({k for keys in keys_of for k in keys})
-        known: dict[str, int] = {}
-        for i in range(0, len(wanted), _CHUNK):
-            part = wanted[i : i + _CHUNK]
-            marks = ",".join("?" * len(part))
-            async with db.execute(
-                f"SELECT message_id, thread_id FROM thread_ids WHERE message_id IN ({marks})",  # noqa: S608
-                part,
-            ) as cur:
-                known.update({r[0]: r[1] for r in await cur.fetchall()})
-        async with db.execute("SELECT coalesce(max(id), 0) FROM threads") as cur:
-            row = await cur.fetchone()
-        next_id = (row[0] if row else 0) + 1
-        new_threads: list[tuple[int, str]] = []
-        merges: list[tuple[int, int]] = []
-        changed: dict[str, int] = {}
-        out: list[int] = []
-        for m, keys in zip(msgs, keys_of, strict=True):
-            found = {known[k] for k in keys if k in known}
-            if not found:
-                tid = next_id
-                next_id += 1
-                new_threads.append((tid, m.subject))
-            else:
-                tid = min(found)
-                for other in found - {tid}:
-                    merges.append((tid, other))
-                    for k, v in known.items():
-                        if v == other:
-                            known[k] = changed[k] = tid
-            for k in keys:
-                if known.get(k) != tid:
-                    known[k] = changed[k] = tid
-            out.append(tid)
-        await db.executemany("INSERT INTO threads (id, subject) VALUES (?, ?)", new_threads)
-        for tid, other in merges:
-            await db.execute("UPDATE messages SET thread_id = ? WHERE thread_id = ?", (tid, other))
-            await db.execute(
-                "UPDATE thread_ids SET thread_id = ? WHERE thread_id = ?", (tid, other)
+    def _add_sync(self, folder_id: int, msgs: Sequence[NewMessage], uidvalidity: int) -> None:
+        db: sqlite3.Connection = self.conn._conn  # runs on aiosqlite's own thread
+        tids = cache_threads.assign(db, msgs)
+        rows = [
+            (
+                folder_id, m.uid, uidvalidity, m.message_id, m.in_reply_to,
+                " ".join(m.references), tid, m.from_name, m.from_addr, m.to, m.cc, m.subject,
+                m.date, _flags_text(m.flags), int(SEEN in m.flags), m.size,
+                int(bool(m.ch_headers)), "".join(f"{n}: {v}\n" for n, v in m.ch_headers),
+                (m.from_name or m.from_addr).casefold(), cache_search.subject_key(m.subject),
             )
-        await db.executemany(
-            "INSERT OR REPLACE INTO thread_ids (message_id, thread_id) VALUES (?, ?)",
-            list(changed.items()),
+            for m, tid in zip(msgs, tids, strict=True)
+        ]  # fmt: skip
+        db.executemany(
+            "INSERT INTO messages (folder_id, uid, uidvalidity, message_id, in_reply_to,"
+            " refs, thread_id, from_name, from_addr, to_addrs, cc_addrs, subject, date,"
+            " flags, seen, size, has_ch, ch_headers, sort_from, sort_subject, indexed)"
+            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,0)"
+            " ON CONFLICT (folder_id, uid) DO UPDATE SET flags = excluded.flags,"
+            " seen = excluded.seen",
+            rows,
         )
-        # Rows of this batch that a merge re-pointed must use the surviving id.
-        return [
-            known.get(keys[0], tid) if keys else tid for keys, tid in zip(keys_of, out, strict=True)
-        ]
+        cache_search.note_addresses_sync(db, msgs)
+        db.commit()
 
     async def index_pending(self, limit: int = 0) -> int:
         """Add rows stored since the last call to the search index; returns how many.

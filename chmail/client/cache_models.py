@@ -41,7 +41,7 @@ class Folder:
     unread: int
 
 
-@dataclass
+@dataclass(slots=True)
 class NewMessage:
     """What a backend hands the cache for one message (headers only)."""
 

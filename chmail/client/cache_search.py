@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import re
 import shlex
+import sqlite3
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -116,7 +117,28 @@ async def note_addresses(db: aiosqlite.Connection, msgs: Sequence[NewMessage]) -
     await note_pairs(db, pairs, weight=1)
 
 
+_NOTE_SQL = (
+    "INSERT INTO addresses (address, name, name_lc, uses, last_used) VALUES (?, ?, ?, ?, ?)"
+    " ON CONFLICT (address) DO UPDATE SET uses = uses + excluded.uses,"
+    " last_used = excluded.last_used,"
+    " name = CASE WHEN excluded.name != '' THEN excluded.name ELSE name END,"
+    " name_lc = CASE WHEN excluded.name != '' THEN excluded.name_lc ELSE name_lc END"
+)
+
+
+def note_addresses_sync(db: sqlite3.Connection, msgs: Sequence[NewMessage]) -> None:
+    """note_addresses for code already on the SQLite thread."""
+    pairs: list[tuple[str, str]] = []
+    for m in msgs:
+        pairs.extend(m.addresses or [(m.from_name, m.from_addr)])
+    db.executemany(_NOTE_SQL, _aggregate(pairs, 1))
+
+
 async def note_pairs(db: aiosqlite.Connection, pairs: list[tuple[str, str]], weight: int) -> None:
+    await db.executemany(_NOTE_SQL, _aggregate(pairs, weight))
+
+
+def _aggregate(pairs: list[tuple[str, str]], weight: int) -> list[tuple[str, str, str, int, int]]:
     agg: dict[str, list[Any]] = {}
     now = int(time.time())
     for name, addr in pairs:
@@ -127,14 +149,7 @@ async def note_pairs(db: aiosqlite.Connection, pairs: list[tuple[str, str]], wei
         if name and not row[0]:
             row[0] = name.strip()
         row[1] += weight
-    await db.executemany(
-        "INSERT INTO addresses (address, name, name_lc, uses, last_used) VALUES (?, ?, ?, ?, ?)"
-        " ON CONFLICT (address) DO UPDATE SET uses = uses + excluded.uses,"
-        " last_used = excluded.last_used,"
-        " name = CASE WHEN excluded.name != '' THEN excluded.name ELSE name END,"
-        " name_lc = CASE WHEN excluded.name != '' THEN excluded.name_lc ELSE name_lc END",
-        [(a, n, n.casefold(), u, now) for a, (n, u) in agg.items()],
-    )
+    return [(a, n, n.casefold(), u, now) for a, (n, u) in agg.items()]
 
 
 async def addresses(db: aiosqlite.Connection, prefix: str, limit: int) -> list[Address]:

@@ -187,39 +187,61 @@ def _ids(raw: bytes | None) -> list[str]:
     return _MSGID.findall(raw.decode("ascii", "replace")) if raw else []
 
 
+def _text(raw: bytes) -> str:
+    """decode_header with a fast path for the common plain-ASCII, unfolded value."""
+    if b"=?" not in raw and b"\n" not in raw and raw.isascii():
+        return raw.decode("ascii").strip()
+    return decode_header(raw)
+
+
+def _msgid(raw: bytes | None) -> str:
+    if not raw:
+        return ""
+    if raw[:1] == b"<" and raw[-1:] == b">" and b" " not in raw and raw.count(b"<") == 1:
+        return raw.decode("ascii", "replace")
+    found = _ids(raw)
+    return found[0] if found else ""
+
+
 def new_message(
     uid: int, block: bytes, flags: tuple[str, ...] = (), size: int = 0, date: int = 0
 ) -> NewMessage:
     """Build the cache's view of one message from its (possibly partial) header block."""
-    fields: dict[str, bytes] = {}
+    cut = block.find(b"\n\r\n", 1)
+    if cut < 0:
+        cut = block.find(b"\n\n", 1)
+    if 0 < cut < len(block) - 3:  # a body follows: only the head counts
+        block = block[: cut + 1]
+    fields: dict[bytes, bytes] = {}
     ch: list[tuple[str, str]] = []
-    for name, raw in split_header_block(block):
+    for name, raw in _HEADER_LINE.findall(block):
         low = name.lower()
-        if low.startswith(_CH_PREFIX):
-            ch.append((name, raw.decode("ascii", "replace")))
+        if low.startswith(b"x-ch-"):
+            ch.append((name.decode("ascii"), raw.rstrip(b"\r").decode("ascii", "replace")))
         elif low not in fields:
-            fields[low] = raw
-    frm = addresses(decode_header(fields.get("from", b"")))
-    to = addresses(decode_header(fields.get("to", b"")))
-    cc = addresses(decode_header(fields.get("cc", b"")))
+            fields[low] = raw.rstrip(b"\r")
+    get = fields.get
+    frm = addresses(_text(get(b"from", b"")))
+    to_raw, cc_raw = get(b"to"), get(b"cc")
+    to = addresses(_text(to_raw)) if to_raw else []
+    cc = addresses(_text(cc_raw)) if cc_raw else []
     from_name, from_addr = frm[0] if frm else ("", "")
-    mid = _ids(fields.get("message-id"))
-    irt = _ids(fields.get("in-reply-to"))
-    refs = _ids(fields.get("references"))
-    date_raw = fields.get("date")
+    refs_raw = get(b"references")
+    refs = _ids(refs_raw)[-50:] if refs_raw else []  # bounded: runaway References
+    date_raw = get(b"date")
     return NewMessage(
-        uid=uid,
-        message_id=mid[0] if mid else "",
-        in_reply_to=irt[0] if irt else "",
-        references=refs[-50:],  # bounded: a runaway References must not bloat the cache
-        from_name=from_name,
-        from_addr=from_addr,
-        to=format_addresses(to),
-        cc=format_addresses(cc),
-        subject=decode_header(fields.get("subject", b"")),
-        date=(parse_date(date_raw.decode("ascii", "replace")) if date_raw else 0) or date,
-        flags=flags,
-        size=size,
-        ch_headers=ch,
-        addresses=frm + to + cc,
+        uid,
+        _msgid(get(b"message-id")),
+        _msgid(get(b"in-reply-to")),
+        refs,
+        from_name,
+        from_addr,
+        format_addresses(to) if to else "",
+        format_addresses(cc) if cc else "",
+        _text(get(b"subject", b"")),
+        (parse_date(date_raw.decode("ascii", "replace")) if date_raw else 0) or date,
+        flags,
+        size,
+        ch,
+        frm + to + cc,
     )

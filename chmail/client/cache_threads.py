@@ -1,0 +1,66 @@
+"""Threads of the cache (References / In-Reply-To), computed per batch on the SQLite thread.
+
+Every Message-ID seen, a message's own or one it refers to, maps to a thread
+(``thread_ids``). A new message joins the thread of any id it shares; when its ids span
+two threads, they merge into the older one. Replies that arrive before their parent join
+it too, because the parent's id was recorded when the reply named it.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+
+from chmail.client.cache_models import NewMessage
+
+_CHUNK = 500
+
+
+def assign(db: sqlite3.Connection, msgs: Sequence[NewMessage]) -> list[int]:
+    """Thread id for each message of the batch (writes threads and thread_ids)."""
+    keys_of = [[k for k in (m.message_id, *m.references, m.in_reply_to) if k] for m in msgs]
+    wanted = list({k for keys in keys_of for k in keys})
+    known: dict[str, int] = {}
+    for i in range(0, len(wanted), _CHUNK):
+        part = wanted[i : i + _CHUNK]
+        marks = ",".join("?" * len(part))
+        cur = db.execute(
+            f"SELECT message_id, thread_id FROM thread_ids WHERE message_id IN ({marks})",  # noqa: S608
+            part,
+        )
+        known.update({r[0]: r[1] for r in cur.fetchall()})
+    row = db.execute("SELECT coalesce(max(id), 0) FROM threads").fetchone()
+    next_id = (row[0] if row else 0) + 1
+    new_threads: list[tuple[int, str]] = []
+    merges: list[tuple[int, int]] = []
+    changed: dict[str, int] = {}
+    out: list[int] = []
+    for m, keys in zip(msgs, keys_of, strict=True):
+        found = {known[k] for k in keys if k in known}
+        if not found:
+            tid = next_id
+            next_id += 1
+            new_threads.append((tid, m.subject))
+        else:
+            tid = min(found)
+            for other in found - {tid}:
+                merges.append((tid, other))
+                for k, v in known.items():
+                    if v == other:
+                        known[k] = changed[k] = tid
+        for k in keys:
+            if known.get(k) != tid:
+                known[k] = changed[k] = tid
+        out.append(tid)
+    db.executemany("INSERT INTO threads (id, subject) VALUES (?, ?)", new_threads)
+    for tid, other in merges:
+        db.execute("UPDATE messages SET thread_id = ? WHERE thread_id = ?", (tid, other))
+        db.execute("UPDATE thread_ids SET thread_id = ? WHERE thread_id = ?", (tid, other))
+    db.executemany(
+        "INSERT OR REPLACE INTO thread_ids (message_id, thread_id) VALUES (?, ?)",
+        list(changed.items()),
+    )
+    # Rows of this batch that a later merge re-pointed take the surviving id.
+    return [
+        known.get(keys[0], tid) if keys else tid for keys, tid in zip(keys_of, out, strict=True)
+    ]
