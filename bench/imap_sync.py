@@ -75,7 +75,8 @@ def synthetic(n: int, seed: int = 3) -> list[bytes]:
         out.append(
             (f"From: {name} <{first.lower()}.{i % 97}@example.org>\r\n"
              f"To: Alice <alice@example.org>\r\nSubject: {subject} #{i}\r\n"
-             f"Date: Sun, 01 Nov 2026 {i // 3600 % 24:02d}:{i // 60 % 60:02d}:{i % 60:02d} +0000\r\n"
+             f"Date: Sun, 01 Nov 2026 {i // 3600 % 24:02d}:{i // 60 % 60:02d}:{i % 60:02d} +0000"
+             "\r\n"
              f"Message-ID: <b{i}@bench.example>\r\n{refs}MIME-Version: 1.0\r\n"
              f"Content-Type: text/plain; charset=utf-8\r\n\r\nbody {i}\r\n").encode()
         )  # fmt: skip
@@ -114,7 +115,8 @@ async def chmail_sync(port: int, path: Path) -> tuple[int, float, float]:
     res = await syncer.sync_folder("INBOX")
     dt = time.perf_counter() - t
     folder = await cache.folder_by_name("bench", "INBOX")
-    assert folder is not None and folder.total == res.new
+    assert folder is not None
+    assert folder.total == res.new
     await backend.close()
     await cache.close()
     return res.new, dt, 0.0
