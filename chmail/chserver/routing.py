@@ -79,6 +79,7 @@ class Routed:
     caller: str
     operator: str
     asked_at: float
+    message_id: str = ""
     answered: bool = False
 
 
@@ -105,6 +106,7 @@ class Router:
         self.last_given: dict[str, float] = {}
         self.tickets = itertools.count(1)
         self._placing: set[tuple[str, str]] = set()  # queued calls being placed now
+        self._asked: dict[tuple[str, str], float] = {}  # (member, message-id) -> first ask
         calls.router = self
 
     # ------------------------------------------------------------------ requests
@@ -166,71 +168,88 @@ class Router:
         subject = msg.subject or f"campaign {msg.campaign}"
         self._event(pool, "dialled", member=member, operator=operator)
         if not self.seam.is_online(member):
-            now = time.time()
-            call_id = await chatstore.create_call(
-                self.seam.db,
-                caller=operator,
-                callee=member,
-                port=0,
-                lease=0,
-                message_id="",
-                subject=subject,
-                state="alarmed",
-                now=now,
-            )
-            await self.calls.alarms.raise_alarm(
-                login=member,
-                caller=operator,
-                call_id=call_id,
-                subject=subject,
-                message_id="",
-                port=0,
-                mail=True,
-            )
-            return p.CallState(
-                id=msg.id,
-                call=call_id,
-                state="alarmed",
-                peer=member,
-                subject=subject,
-                message=f"{member} is offline; they will be alarmed",
-            )
-        return await self._ring_member(operator, member, subject, pool, msg.id)
+            return await self._alarm(operator, member, subject, "", msg.id)
+        return await self._place(operator, member, subject, "", msg.id)
 
-    async def _ring_member(
-        self, operator: str, member: str, subject: str, pool: Pool, req: int
+    async def _alarm(
+        self, caller: str, callee: str, subject: str, message_id: str, req: int | None
     ) -> p.CallState:
+        """The callee is offline: keep an alarm for their next login and mail it (S117)."""
+        call_id = await chatstore.create_call(
+            self.seam.db,
+            caller=caller,
+            callee=callee,
+            port=0,
+            lease=0,
+            message_id=message_id,
+            subject=subject,
+            state="alarmed",
+            now=time.time(),
+        )
+        await self.calls.alarms.raise_alarm(
+            login=callee,
+            caller=caller,
+            call_id=call_id,
+            subject=subject,
+            message_id=message_id,
+            port=0,
+            mail=True,
+        )
+        return p.CallState(
+            id=req,
+            call=call_id,
+            state="alarmed",
+            peer=callee,
+            subject=subject,
+            message_id=message_id,
+            message=f"{callee} is offline; they will be alarmed",
+        )
+
+    async def _place(
+        self, caller: str, callee: str, subject: str, message_id: str, req: int | None
+    ) -> p.CallState:
+        """Open a session of its own for this chat and ring ``callee``.
+
+        A campaign's mails share one port, so a routed chat cannot listen on the mail's
+        port (that is one listener for everybody): it gets its own, chosen by the OS.
+        """
         from chmail.chserver.calls import ActiveCall
 
         hub = self.calls.hub
-        hub.check_limit(operator)
-        hub.check_limit(member)
-        now = time.time()
+        hub.check_limit(caller)
+        hub.check_limit(callee)
         session = await hub.open(
             port=0,
             lease=0,
-            owner=operator,
-            message_id="",
+            owner=callee,
+            message_id=message_id,
             subject=subject,
             host=self.seam.public_host,
             listen=False,
         )
-        session.port = await session.listen(hub.bind_host, 0)
+        try:
+            session.port = await session.listen(hub.bind_host, 0)
+        except OSError as exc:
+            session.end("port unavailable")
+            raise ChatError("the server could not open a chat; try again", code="internal") from exc
         call_id = await chatstore.create_call(
             self.seam.db,
-            caller=operator,
-            callee=member,
+            caller=caller,
+            callee=callee,
             port=session.port,
             lease=0,
-            message_id="",
+            message_id=message_id,
             subject=subject,
             state="ringing",
-            now=now,
+            now=time.time(),
         )
-        await hub.admit(session, operator)
-        await hub.admit(session, member)
+        await chatstore.set_call_state(
+            self.seam.db, call_id, "ringing", now=time.time(), session_id=session.id
+        )
+        await hub.admit(session, caller)
+        await hub.admit(session, callee)
         call = ActiveCall(
-            call_id, operator, member, session, subject, "", host=self.seam.public_host
+            call_id, caller, callee, session, subject, message_id, host=self.seam.public_host
         )
         loop = asyncio.get_running_loop()
         call.placement = loop.create_future()
@@ -242,9 +261,10 @@ class Router:
             id=req,
             call=call_id,
             state="ringing",
-            peer=member,
+            peer=callee,
             subject=subject,
-            message=f"ringing {member}…",
+            message_id=message_id,
+            message=f"ringing {callee}…",
             port=session.port,
             session=session.id,
         )
@@ -263,18 +283,29 @@ class Router:
         return self.pools.get((owner, int(campaign)))
 
     async def route(self, caller: str, msg: p.Call, owner: str) -> str | p.CallState:
-        """The login to ring for this call: an operator, the owner, or a queue ticket."""
+        """For a campaign mail: ring an operator (or alarm one, or queue the member) and
+        return the call's state; for any other mail: the owner, for calls.py to ring."""
         pool = self.pool_for(owner, msg.context)
         if pool is None:
             return owner
-        requeued = (caller, msg.message_id) in self._placing
+        key = (caller, msg.message_id)
+        if any(i.caller == caller and i.message_id == msg.message_id for i in self.routed.values()):
+            raise ChatError("you are already in a chat about this mail", code=p.E_RATE_LIMITED)
+        requeued = key in self._placing
         if not requeued:
+            if any(q.caller == caller and q.msg.message_id == msg.message_id for q in pool.queue):
+                raise ChatError("you are already waiting for an operator", code=p.E_RATE_LIMITED)
+            if not self.calls.per_caller.allow(caller, time.time()):
+                raise ChatError(
+                    "you have rung too often; wait a minute and try again", code=p.E_RATE_LIMITED
+                )
+            self._asked[key] = time.time()
             self._event(pool, "asked", member=caller)
         chosen = self._choose(pool)
         if chosen is not None:
-            return chosen
+            return await self._route_to(pool, caller, chosen, msg)
         ticket = -next(self.tickets)
-        entry = Queued(ticket, caller, msg, time.time())
+        entry = Queued(ticket, caller, msg, self._asked.get(key, time.time()))
         if requeued:
             pool.queue.appendleft(entry)  # lost a race for the operator: stays first
         else:
@@ -291,6 +322,22 @@ class Router:
             message=_queued_text(pos),
         )
 
+    async def _route_to(self, pool: Pool, caller: str, operator: str, msg: p.Call) -> p.CallState:
+        from chmail.chserver.alarms import clean_subject
+
+        subject = clean_subject(msg.subject)
+        asked = self._asked.pop((caller, msg.message_id), time.time())
+        self.last_given[operator] = time.time()
+        if not self.seam.is_online(operator):
+            st = await self._alarm(caller, operator, subject, msg.message_id, msg.id)
+            self._event(pool, "routed", call=st.call, member=caller, operator=operator)
+            self._event(pool, "ended", call=st.call, member=caller, operator=operator)
+            return st
+        st = await self._place(caller, operator, subject, msg.message_id, msg.id)
+        self.routed[st.call] = Routed(pool, caller, operator, asked, msg.message_id)
+        self._event(pool, "routed", call=st.call, member=caller, operator=operator)
+        return st
+
     def _choose(self, pool: Pool) -> str | None:
         online = {o for o in pool.operators if self.seam.is_online(o)}
         load = self._load()
@@ -305,23 +352,9 @@ class Router:
         load: dict[str, int] = {}
         for c in self.calls.calls.values():
             if c.state in ("ringing", "accepted"):
-                load[c.callee] = load.get(c.callee, 0) + 1
+                for login in {c.caller, c.callee}:  # an operator's own dialled calls count
+                    load[login] = load.get(login, 0) + 1
         return load
-
-    def placed(
-        self, call_id: int, caller: str, callee: str, owner: str, msg: p.Call, state: str
-    ) -> None:
-        """calls.py placed a routed call (``ringing``, or ``alarmed`` when the operator
-        is offline): remember and report it."""
-        pool = self.pool_for(owner, msg.context)
-        if pool is None:
-            return
-        self.last_given[callee] = time.time()
-        self._event(pool, "routed", call=call_id, member=caller, operator=callee)
-        if state == "ringing":
-            self.routed[call_id] = Routed(pool, caller, callee, time.time())
-        else:
-            self._event(pool, "ended", call=call_id, member=caller, operator=callee)
 
     def on_state(self, call: ActiveCall) -> None:
         """calls.py: ``call`` was answered, or is over (missed, declined, ended, ...)."""
@@ -381,6 +414,7 @@ class Router:
 
     async def _place_queued(self, pool: Pool, q: Queued) -> None:
         key = (q.caller, q.msg.message_id)
+        self._asked[key] = q.at
         self._placing.add(key)
         try:
             # Re-enters calls.call(): the link is checked again and the operator chosen
@@ -464,20 +498,16 @@ def install(server: ChServer) -> Router:
     server.extensions["routing"] = router
 
     async def on_pool(ctx: Context, msg: r.RoutePool) -> p.Message:
-        assert ctx.login is not None
-        return router.set_pool(ctx.login, msg)
+        return router.set_pool(ctx.require_login(), msg)
 
     async def on_brief(ctx: Context, msg: r.Brief) -> p.Message:
-        assert ctx.login is not None
-        return router.forward_brief(ctx.login, msg)
+        return router.forward_brief(ctx.require_login(), msg)
 
     async def on_tag(ctx: Context, msg: r.RouteTag) -> p.Message:
-        assert ctx.login is not None
-        return router.tag(ctx.login, msg)
+        return router.tag(ctx.require_login(), msg)
 
     async def on_dial(ctx: Context, msg: r.RouteDial) -> p.Message:
-        assert ctx.login is not None
-        return await router.dial(ctx.login, msg)
+        return await router.dial(ctx.require_login(), msg)
 
     server.register("route_pool", on_pool)
     server.register("brief", on_brief)
