@@ -26,8 +26,9 @@ from chmail.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-# Modules that add requests to the server (chat sessions, calls, alarms: issue 4).
-EXTENSIONS: tuple[str, ...] = ("chmail.chserver.chatwire",)
+# Modules that add requests to the server (chat sessions, calls, alarms: issue 4;
+# operator routing of campaign chats, which needs the calls: issue 6).
+EXTENSIONS: tuple[str, ...] = ("chmail.chserver.chatwire", "chmail.chserver.routing")
 
 
 def default_data_dir(config: ServerConfig) -> Path:

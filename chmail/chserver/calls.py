@@ -178,9 +178,9 @@ class CallService:
 
     async def call(self, caller: str, msg: p.Call) -> p.CallState:
         link, lease = await self.check_link(caller, msg)
-        callee = owner = lease.record.login
-        if self.router is not None:  # a campaign mail: ring an operator, or queue
-            routed = await self.router.route(caller, msg, owner)
+        callee = lease.record.login
+        if self.router is not None:  # a campaign mail: routing.py rings an operator
+            routed = await self.router.route(caller, msg, callee)
             if isinstance(routed, p.CallState):
                 return routed
             callee = routed
@@ -242,8 +242,6 @@ class CallService:
                 port=link.port,
                 mail=True,
             )
-            if self.router is not None:
-                self.router.placed(call_id, caller, callee, owner, msg, "alarmed")
             return p.CallState(
                 id=msg.id,
                 call=call_id,
@@ -292,8 +290,6 @@ class CallService:
         else:
             call.placement.set_result(self.seam.public_host)
         call.ringer = loop.create_task(self._ring(call))
-        if self.router is not None:
-            self.router.placed(call_id, caller, callee, owner, msg, "ringing")
         return p.CallState(
             id=msg.id,
             call=call_id,
