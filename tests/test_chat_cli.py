@@ -51,15 +51,18 @@ async def chmail(config: Path, *args: str) -> asyncio.subprocess.Process:
 async def expect(stream: asyncio.StreamReader | None, text: str) -> str:
     """Read lines of ``stream`` until one contains ``text``; return it."""
     assert stream is not None
-    seen = []
-    async with asyncio.timeout(20):
-        while True:
-            line = (await stream.readline()).decode()
-            if not line:
-                raise AssertionError(f"stream ended before {text!r}: {''.join(seen)}")
-            seen.append(line)
-            if text in line:
-                return line
+    seen: list[str] = []
+    try:
+        async with asyncio.timeout(30):
+            while True:
+                line = (await stream.readline()).decode()
+                if not line:
+                    raise AssertionError(f"stream ended before {text!r}: {''.join(seen)}")
+                seen.append(line)
+                if text in line:
+                    return line
+    except TimeoutError:
+        raise AssertionError(f"no {text!r} within 30 s; got: {''.join(seen)}") from None
 
 
 def say(proc: asyncio.subprocess.Process, text: str) -> None:
@@ -164,7 +167,14 @@ async def test_calling_an_offline_user_by_message_id_then_listing_alarms(
     await expect(bob.stderr, "carol is offline; they will be alarmed")
     async with asyncio.timeout(20):
         assert await bob.wait() == 0
-    carol = await chmail(write_config(tmp_path, srv, "carol"), "alarms", "--json")
+    config = write_config(tmp_path, srv, "carol")
+    waiting = await chmail(config, "chat", "--answer")  # carol's next login shows the alarm
+    try:
+        await expect(waiting.stderr, "missed chat: bob called you about “Line mode”")
+    finally:
+        waiting.kill()
+        await waiting.wait()
+    carol = await chmail(config, "alarms", "--json")
     async with asyncio.timeout(20):
         out, err = await carol.communicate()
     assert carol.returncode == 0, err

@@ -355,9 +355,15 @@ async def open_engine(account: AccountConfig) -> AsyncIterator[ChatEngine]:
     from chmail.client.chlink import ChLink
 
     link = await ChLink.from_account(account)
-    await link.start()
     ch = account.ch
+    # the engine listens before the link logs in: alarms are pushed right after auth
     engine = ChatEngine(link, ch.login, direct_host=ch.direct_host if ch.direct else "")
+    try:
+        await link.start()
+    except BaseException:
+        await engine.close()
+        await link.close()
+        raise
     try:
         yield engine
     finally:

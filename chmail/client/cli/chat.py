@@ -26,7 +26,14 @@ from pathlib import Path
 from typing import Any
 
 from chmail import config as config_mod
-from chmail.client.chat import ChatEngine, MailRef, mail_ref, open_engine, transcript_mail
+from chmail.client.chat import (
+    AlarmEvent,
+    ChatEngine,
+    MailRef,
+    mail_ref,
+    open_engine,
+    transcript_mail,
+)
 from chmail.client.chatsession import (
     EndedEvent,
     ErrorEvent,
@@ -143,23 +150,49 @@ async def run_chat(args: argparse.Namespace) -> int:
     acc = cfg.account(args.account)
     bell = "" if args.no_bell or not cfg.ui.bell else BELL
     async with open_engine(acc) as engine:
-        if args.answer:
-            session, thread = await answer_ring(engine, bell)
-        else:
-            ref = await find_mail(args, acc.name)
-            joined = await call(engine, ref, bell)
-            if joined is None:
-                return 0
-            if isinstance(joined, int):
-                return joined
-            session = joined
-            thread = (ref.message_id, ref.subject, ref.references)
+        alarms = asyncio.get_running_loop().create_task(show_alarms(engine, bell))
         try:
-            await line_mode(session, stay=args.stay)
+            return await chat_in(args, acc, engine, bell)
         finally:
-            await session.close()
-        if args.transcript:
-            await file_transcript(acc, session, *thread)
+            alarms.cancel()
+
+
+async def show_alarms(engine: ChatEngine, bell: str) -> None:
+    """Missed chats pushed at login (S117): one line each, with the bell."""
+    seen: set[object] = set()
+    while True:
+        ev = await engine.events.get()
+        if not isinstance(ev, AlarmEvent):
+            continue
+        for a in ev.alarms:
+            if a.get("id") in seen:
+                continue
+            seen.add(a.get("id"))
+            subject = f" about “{a['subject']}”" if a.get("subject") else ""
+            note(f"missed chat: {a.get('caller')} called you{subject}{bell}")
+
+
+async def chat_in(
+    args: argparse.Namespace, acc: config_mod.AccountConfig, engine: ChatEngine, bell: str
+) -> int:
+    """Ring (or answer), then chat in line mode; the exit status."""
+    if args.answer:
+        session, thread = await answer_ring(engine, bell)
+    else:
+        ref = await find_mail(args, acc.name)
+        joined = await call(engine, ref, bell)
+        if joined is None:
+            return 0
+        if isinstance(joined, int):
+            return joined
+        session = joined
+        thread = (ref.message_id, ref.subject, ref.references)
+    try:
+        await line_mode(session, stay=args.stay)
+    finally:
+        await session.close()
+    if args.transcript:
+        await file_transcript(acc, session, *thread)
     return 0
 
 
