@@ -136,6 +136,7 @@ def _unfold_lines(head: bytes) -> list[bytes]:
 
 def seed_maildir(path: str | Path, messages: Iterable[bytes], *, seen_every: int = 3) -> int:
     """Write messages into a Maildir (``cur/``, every ``seen_every``-th one read)."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     box = mailbox.Maildir(str(path), create=True)
     n = 0
     for i, raw in enumerate(messages):

@@ -50,20 +50,28 @@ class DevMail:
     users: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_USERS))
     use_dovecot: bool = True
     smtp_port: int = 0  # 0: a free port
+    mail_root: Path | None = None  # default <data>/mail (see the module docstring)
     dovecot: dv.Dovecot | None = None
     server: asyncio.Server | None = None
-    mail_root: Path = field(init=False)
 
     def __post_init__(self) -> None:
         self.data = Path(self.data).expanduser().resolve()
+        if self.mail_root is not None:
+            self.mail_root = Path(self.mail_root)
+            return
         self.mail_root = self.data / "mail"
         as_root = os.geteuid() == 0 and self.use_dovecot and dv.available()
         if as_root and not _reachable_by_others(self.data):
             tag = hashlib.sha256(str(self.data).encode()).hexdigest()[:10]
             self.mail_root = SHARED_TMP / f"chmail-devmail-{tag}" / "mail"
 
+    @property
+    def root(self) -> Path:
+        assert self.mail_root is not None
+        return self.mail_root
+
     def maildir(self, user: str) -> Path:
-        return self.mail_root / user / "Maildir"
+        return self.root / user / "Maildir"
 
     @property
     def imap_port(self) -> int:
@@ -74,13 +82,13 @@ class DevMail:
         return self.dovecot.pop3_port if self.dovecot else 0
 
     async def start(self) -> None:
-        self.mail_root.mkdir(parents=True, exist_ok=True)
+        self.root.mkdir(parents=True, exist_ok=True)
         if self.use_dovecot and dv.available():
-            self.dovecot = dv.Dovecot(users=dict(self.users), mail_root=self.mail_root, fsync=True)
+            self.dovecot = dv.Dovecot(users=dict(self.users), mail_root=self.root, fsync=True)
             await asyncio.to_thread(self.dovecot.start)
             handler = DeliveryHandler(lmtp_path=self.dovecot.lmtp_path)
         else:
-            handler = DeliveryHandler(mail_root=self.mail_root, users=set(self.users))
+            handler = DeliveryHandler(mail_root=self.root, users=set(self.users))
         self.server = await start_server(handler, port=self.smtp_port)
         self.smtp_port = server_port(self.server)
 
@@ -95,7 +103,7 @@ class DevMail:
     async def seed(self, user: str, count: int = 60) -> int:
         """Give ``user`` a demo mailbox (only if their INBOX is empty)."""
         md = self.maildir(user)
-        if (md / "cur").is_dir() and any((md / "cur").iterdir()):
+        if any(d.is_dir() and any(d.iterdir()) for d in (md / "cur", md / "new")):
             return 0
         msgs = demo_messages(count, to=(user.capitalize(), f"{user}@{DOMAIN}"))
         if self.dovecot is not None:
@@ -128,7 +136,7 @@ class DevMail:
             lines.append(f"POP3    127.0.0.1:{self.pop3_port} (plain)")
         else:
             lines.append("IMAP/POP3: Dovecot is not installed; use the Maildirs directly")
-        lines.append(f"Maildirs {self.mail_root}/<user>/Maildir")
+        lines.append(f"Maildirs {self.root}/<user>/Maildir")
         lines.append("Users   " + ", ".join(f"{u} (password {p})" for u, p in self.users.items()))
         return "\n".join(lines)
 
