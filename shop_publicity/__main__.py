@@ -255,6 +255,14 @@ async def report_cmd(a: argparse.Namespace, cfg: chconfig.Config, store: Store) 
     return 0
 
 
+async def bridge_cmd(a: argparse.Namespace, cfg: chconfig.Config, store: Store) -> int:
+    from shop_publicity.chbridge import run_bridge
+
+    print(f"Bridge to {cfg.shop.ch_server} as {cfg.shop.ch_login} (Ctrl-C stops it)", flush=True)
+    await run_bridge(cfg.shop, store)
+    return 0
+
+
 async def serve_cmd(a: argparse.Namespace, cfg: chconfig.Config, store: Store) -> int:
     from shop_publicity.unsubscribe import UnsubscribeServer
 
@@ -375,6 +383,7 @@ def build_parser() -> argparse.ArgumentParser:
     cmd(groups, "report", report_cmd, "a campaign's report", True).add_argument(
         "campaign", type=int
     )
+    cmd(groups, "bridge", bridge_cmd, "stay linked to the CH server: pools, chats, briefs")
     sp = cmd(groups, "serve", serve_cmd, "run the unsubscribe endpoint")
     sp.add_argument("--listen", metavar="HOST:PORT")
     return p

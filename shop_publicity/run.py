@@ -46,7 +46,7 @@ async def send(
         if allocate is None and cfg.ch_server:
             from shop_publicity.chbridge import open_allocator
 
-            async with open_allocator(cfg) as alloc:
+            async with open_allocator(cfg, store, cid) as alloc:
                 result = await Sender(
                     store, cfg, cid, password=password, allocate=alloc, progress=bar
                 ).run()
