@@ -162,6 +162,7 @@ class ShopConfig:
     smtp_timeout: float = 30.0
     error_min_sample: int = 20  # attempts seen before the error threshold can pause
     resend_uncertain: bool = True  # after a crash, resend mails cut off mid-DATA
+    operator_capacity: int = 2  # chats one operator takes at once before members queue
 
 
 @dataclass(frozen=True)
