@@ -277,3 +277,29 @@ async def test_silent_connection_is_dropped(env: Env) -> None:
         while await reader.read(65536):
             pass  # until the server closes it
     writer.close()
+
+
+async def test_long_history_is_replayed_to_a_newcomer(env: Env) -> None:
+    """A member joining late gets the whole history, even when it is larger than the
+    write buffer a reader may fall behind by."""
+    assert env.hub is not None
+    await env.hub.close()
+    env.config = ServerConfig(max_write_buffer=64 * 1024, max_chat_message=16000)
+    await env.start_hub()
+    s = await env.session("alice", "bob")
+    a = await env.client(s, "alice")
+    for i in range(300):  # 4.5 MB: more than the kernel's socket buffers take at once
+        a.say(f"{i:04d} " + "x" * 15000)
+    await until_stored(a)
+    b = await env.client(s, "bob")
+    async with asyncio.timeout(10):
+        while len(b.lines) < 300:
+            await b.events.get()
+    assert [ln.text[:4] for ln in b.lines] == [f"{i:04d}" for i in range(300)]
+    assert b.reconnects == 0
+
+
+async def until_stored(c: SessionClient) -> None:
+    async with asyncio.timeout(10):
+        while c.pending:
+            await c.changed()

@@ -199,12 +199,16 @@ class SessionConn(asyncio.Protocol):
         if not self._out or t is None or t.is_closing():
             self._out.clear()
             return
+        if t.get_write_buffer_size() > self.session.max_buffer:
+            # what we wrote before is still not read: the peer stopped reading. (The test
+            # is made before writing, so one large write, a history replay, is fine.)
+            log.warning("dropping a chat connection of %s that stopped reading", self.login)
+            self._out.clear()
+            t.abort()
+            return
         data = self._out[0] if len(self._out) == 1 else b"".join(self._out)
         self._out.clear()
         t.write(data)
-        if t.get_write_buffer_size() > self.session.max_buffer:
-            log.warning("dropping a chat connection of %s that stopped reading", self.login)
-            t.abort()
 
     def abort(self) -> None:
         if self.transport is not None:
