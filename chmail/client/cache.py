@@ -15,18 +15,15 @@ Rules:
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import aiosqlite
-
 from chmail import config, migrate
 from chmail.client import cache_search, cache_threads
+from chmail.client.cache_local import LocalChanges, flags_text
 from chmail.client.cache_models import (
     SEEN,
     SORTS,
@@ -90,17 +87,8 @@ def _message(r: Sequence[Any]) -> Message:
     )
 
 
-def _flags_text(flags: Iterable[str]) -> str:
-    return " ".join(sorted({f for f in flags if f and f != "\\Recent"}))
-
-
-class Cache:
+class Cache(LocalChanges):
     """One client cache database. Open with ``await Cache.open(path)``; ``await close()``."""
-
-    def __init__(self, conn: aiosqlite.Connection, path: Path) -> None:
-        self.conn = conn
-        self.path = path
-        self._write = asyncio.Lock()
 
     @classmethod
     async def open(cls, path: str | Path | None = None) -> Cache:
@@ -109,37 +97,8 @@ class Cache:
         conn = await migrate.connect(p, "client")
         return cls(conn, p)
 
-    async def close(self) -> None:
-        await self.conn.close()
-
     async def __aenter__(self) -> Cache:
         return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
-
-    @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
-        """One write transaction (serialised with every other write)."""
-        async with self._write:
-            try:
-                yield self.conn
-                await self.conn.commit()
-            except sqlite3.Error as exc:
-                await self.conn.rollback()
-                raise StoreError(
-                    f"The mail cache {self.path} could not be written: {exc}."
-                ) from exc
-            except BaseException:
-                await self.conn.rollback()
-                raise
-
-    async def _all(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
-        try:
-            async with self.conn.execute(sql, params) as cur:
-                return list(await cur.fetchall())
-        except sqlite3.Error as exc:
-            raise StoreError(f"The mail cache {self.path} could not be read: {exc}.") from exc
 
     # ------------------------------------------------------------------ folders
 
@@ -239,7 +198,7 @@ class Cache:
             (
                 folder_id, m.uid, uidvalidity, m.message_id, m.in_reply_to,
                 " ".join(m.references), tid, m.from_name, m.from_addr, m.to, m.cc, m.subject,
-                m.date, _flags_text(m.flags), int(SEEN in m.flags), m.size,
+                m.date, flags_text(m.flags), int(SEEN in m.flags), m.size,
                 int(bool(m.ch_headers)), "".join(f"{n}: {v}\n" for n, v in m.ch_headers),
                 (m.from_name or m.from_addr).casefold(), cache_search.subject_key(m.subject),
             )
@@ -285,7 +244,7 @@ class Cache:
         """Server-side flag changes (from a flag sync) into the cache."""
         rows = []
         for uid, flags in flags_by_uid.items():
-            text = _flags_text(flags)
+            text = flags_text(flags)
             rows.append((text, int(SEEN in text.split()), folder_id, uid))
         async with self.transaction() as db:
             await db.executemany(
@@ -310,73 +269,6 @@ class Cache:
                 "UPDATE messages SET body_text = ?, attachments = ? WHERE id = ?",
                 (text, attachments, pk),
             )
-
-    # ------------------------------------------------------------------ local changes
-
-    async def set_flags(self, pk: int, flags: Iterable[str]) -> None:
-        """Replace a message's flags in the cache (the sync pushes them; see queue_op)."""
-        text = _flags_text(flags)
-        async with self.transaction() as db:
-            await db.execute(
-                "UPDATE messages SET flags = ?, seen = ? WHERE id = ?",
-                (text, int(SEEN in text.split()), pk),
-            )
-
-    async def move(self, pk: int, folder_id: int, new_uid: int | None = None) -> None:
-        """Move in the cache: with the destination UID (UIDPLUS) the row moves; without it
-        the row goes and the next sync of the destination brings the message back."""
-        async with self.transaction() as db:
-            if new_uid is None:
-                await db.execute("DELETE FROM messages WHERE id = ?", (pk,))
-            else:
-                await db.execute(
-                    "DELETE FROM messages WHERE folder_id = ? AND uid = ?", (folder_id, new_uid)
-                )
-                await db.execute(
-                    "UPDATE messages SET folder_id = ?, uid = ? WHERE id = ?",
-                    (folder_id, new_uid, pk),
-                )
-
-    async def rekey(self, folder_id: int, old_uid: int, new_uid: int | None) -> None:
-        """Give a locally moved row (placeholder UID) its server UID, or drop it when the
-        server did not say (the next sync of the folder brings the message back)."""
-        async with self.transaction() as db:
-            if new_uid is None:
-                await db.execute(
-                    "DELETE FROM messages WHERE folder_id = ? AND uid = ?", (folder_id, old_uid)
-                )
-                return
-            await db.execute(
-                "DELETE FROM messages WHERE folder_id = ? AND uid = ?", (folder_id, new_uid)
-            )
-            await db.execute(
-                "UPDATE messages SET uid = ? WHERE folder_id = ? AND uid = ?",
-                (new_uid, folder_id, old_uid),
-            )
-
-    async def delete(self, pk: int) -> None:
-        async with self.transaction() as db:
-            await db.execute("DELETE FROM messages WHERE id = ?", (pk,))
-
-    async def queue_op(self, account: str, kind: str, folder: str, uid: int, arg: str = "") -> None:
-        async with self.transaction() as db:
-            await db.execute(
-                "INSERT INTO pending_ops (account, kind, folder, uid, arg, created)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                (account, kind, folder, uid, arg, time.time()),
-            )
-
-    async def pending_ops(self, account: str) -> list[PendingOp]:
-        rows = await self._all(
-            "SELECT id, account, kind, folder, uid, arg FROM pending_ops WHERE account = ?"
-            " ORDER BY id",
-            (account,),
-        )
-        return [PendingOp(*r) for r in rows]
-
-    async def done_op(self, op_id: int) -> None:
-        async with self.transaction() as db:
-            await db.execute("DELETE FROM pending_ops WHERE id = ?", (op_id,))
 
     # ------------------------------------------------------------------ messages out
 
@@ -494,16 +386,3 @@ class Cache:
         """Remember addresses the user wrote to (completion ranks them higher)."""
         async with self.transaction() as db:
             await cache_search.note_pairs(db, list(addrs), weight=5)
-
-    # ------------------------------------------------------------------ POP3
-
-    async def pop3_known(self, account: str) -> set[str]:
-        rows = await self._all("SELECT uidl FROM pop3_seen WHERE account = ?", (account,))
-        return {r[0] for r in rows}
-
-    async def pop3_mark(self, account: str, uidls: Iterable[str]) -> None:
-        async with self.transaction() as db:
-            await db.executemany(
-                "INSERT OR IGNORE INTO pop3_seen (account, uidl, fetched) VALUES (?, ?, ?)",
-                [(account, u, time.time()) for u in uidls],
-            )

@@ -320,6 +320,17 @@ class Syncer:
         last_full = loop.time()
         watcher = self.watcher or self.backend
         while not stop.is_set():
+            # Close the gap between the last sync and IDLE: SELECT on the watcher, and sync
+            # now if the folder moved on meanwhile (IDLE only reports later changes).
+            state = await watcher.state(idle_folder)
+            cached = await self.cache.folder_by_name(self.account, idle_folder)
+            if cached is None or (state.uidnext, state.highestmodseq, state.exists) != (
+                cached.uidnext,
+                cached.highestmodseq,
+                cached.total,
+            ):
+                await self.push_pending()
+                await self.sync_folder(idle_folder)
             wait = min(self.idle_seconds, max(1.0, self.interval - (loop.time() - last_full)))
             idle = asyncio.ensure_future(watcher.wait_changes(idle_folder, wait))
             stopper = asyncio.ensure_future(stop.wait())
