@@ -19,6 +19,7 @@ from typing import Any
 
 from chmail.config import ShopConfig
 from chmail.errors import ShopError
+from chmail.headers import format_context
 from shop_publicity import compose as c
 from shop_publicity import models as m
 from shop_publicity.store import Store
@@ -58,8 +59,6 @@ def ch_context(campaign: m.Campaign) -> str:
     if campaign.sku:
         values["sku"] = campaign.sku
     values["lang"] = campaign.lang
-    from chmail.headers import format_context
-
     return format_context(values)
 
 

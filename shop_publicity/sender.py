@@ -42,6 +42,7 @@ import os
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
+from email.utils import parseaddr
 from pathlib import Path
 
 import aiosmtplib
@@ -230,6 +231,7 @@ class Sender:
         self.product = await self.store.product(camp.sku) if camp.sku else None
         self.key = await campaigns.shop_key(self.store)
         self.ctx = campaigns.ch_context(self.camp)
+        self.envelope_from = parseaddr(self.camp.from_addr)[1] or self.camp.from_addr
         self.tpls = compile_templates(camp.subject_tpl, camp.body_tpl)
         found = await self.store.recover_sending(self.cid)
         if found:
@@ -421,7 +423,7 @@ class Sender:
         try:
             if not smtp.is_connected:
                 await smtp.connect()
-            await smtp.mail(self.camp.from_addr)
+            await smtp.mail(self.envelope_from)
             await smtp.rcpt(rec.member.email)
         except aiosmtplib.SMTPResponseException as exc:
             with contextlib.suppress(aiosmtplib.SMTPException, OSError):
