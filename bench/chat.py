@@ -198,6 +198,14 @@ async def throughput(a: Peer, b: Peer, n: int, kind: str, base: int) -> float:
     return n / (time.perf_counter() - t0)
 
 
+ROUNDS = 3
+
+
+async def best_of(a: Peer, b: Peer, n: int, kind: str) -> float:
+    """The best of ROUNDS runs (the machine is shared: the best run is the least disturbed)."""
+    return max([await throughput(a, b, n, kind, r * n) for r in range(ROUNDS)])
+
+
 async def latency(a: Peer, b: Peer, n: int, kind: str, base: int) -> list[float]:
     out = []
     for i in range(n):
@@ -275,7 +283,7 @@ async def bench_sessions(messages: int, pings: int) -> dict[str, float]:
     ra, rb = await raw_peer(int(info[0])), await raw_peer(int(info[0]))
     rb.writer.write(p.encode(p.Hello()))  # the relay forwards it: A reads it, B is known
     await ra.frames()
-    raw_tp = await throughput(ra, rb, messages, "say", 0)
+    raw_tp = await best_of(ra, rb, messages, "say")
     raw_lat = await latency(ra, rb, pings, "say", 10_000_000)
     for x in (ra, rb):
         x.writer.close()
@@ -287,7 +295,7 @@ async def bench_sessions(messages: int, pings: int) -> dict[str, float]:
         da, db = await raw_peer(int(info[0])), await raw_peer(int(info[0]))
         db.writer.write(p.encode(p.Hello()))
         await da.frames()
-        context[kind] = await throughput(da, db, messages, "say", 0)
+        context[kind] = await best_of(da, db, messages, "say")
         for x in (da, db):
             x.writer.close()
         await stop_server(proc)
@@ -296,7 +304,7 @@ async def bench_sessions(messages: int, pings: int) -> dict[str, float]:
     port, sid, ta, tb = int(info[0]), int(info[1]), info[2], info[3]
     a = await session_peer(port, sid, "alice", ta)
     b = await session_peer(port, sid, "bob", tb)
-    tp = await throughput(a, b, messages, "chat", 0)
+    tp = await best_of(a, b, messages, "chat")
     lat = await latency(a, b, pings, "chat", 10_000_000)
     for x in (a, b):
         x.writer.close()
