@@ -8,8 +8,9 @@ from pathlib import Path
 
 from chmail.config import ShopConfig
 from chmail.errors import ShopError
+from shop_publicity.commit import campaign_lock
 from shop_publicity.progress import ProgressBar
-from shop_publicity.sender import Allocate, Sender, SendResult, campaign_lock
+from shop_publicity.sender import Allocate, Sender, SendResult
 from shop_publicity.store import Store
 
 

@@ -1,9 +1,7 @@
-"""The shop database: every SQL statement of the back office lives here.
+"""The shop database: the back office's SQL lives here and in store_sending.py.
 
 Small async methods over one aiosqlite connection (WAL). Writes that belong together run
-in one transaction. ``apply()`` is the sender's group commit: many recipients' state
-changes, and the events they cause, in one transaction and one round trip to the
-database thread.
+in one transaction.
 """
 
 from __future__ import annotations
@@ -16,41 +14,18 @@ from collections.abc import AsyncIterator, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-import aiosqlite
-
 from chmail import migrate
 from chmail.errors import StoreError
 from shop_publicity import models as m
-
-_MEMBER_COLS = (
-    "m.id, m.email, m.name, m.login, m.consent, m.unsubscribed_at, m.age_band, m.job, "
-    "m.hobbies, m.lang"
-)
-
-
-def _split(text: str) -> tuple[str, ...]:
-    return tuple(p for p in (s.strip() for s in text.split(",")) if p)
+from shop_publicity.store_rows import MEMBER_COLS as _MEMBER_COLS
+from shop_publicity.store_rows import member_row as _member
+from shop_publicity.store_rows import split_list as _split
+from shop_publicity.store_sending import SendingStore
 
 
-def _member(row: Sequence[Any], interests: tuple[str, ...] = ()) -> m.Member:
-    return m.Member(
-        id=int(row[0]),
-        email=str(row[1]),
-        name=str(row[2]),
-        login=str(row[3] or ""),
-        consent=bool(row[4]),
-        unsubscribed_at=row[5],
-        age_band=str(row[6]),
-        job=str(row[7]),
-        hobbies=_split(str(row[8])),
-        lang=str(row[9]),
-        interests=interests,
-    )
-
-
-class Store:
-    def __init__(self, conn: aiosqlite.Connection) -> None:
-        self.conn = conn
+class Store(SendingStore):
+    """The shop DB: members, products, operators, campaigns, audit (this module) and the
+    sending side: recipients, events, chats (store_sending.py)."""
 
     @classmethod
     async def open(cls, data_dir: str | Path) -> Store:
@@ -414,253 +389,6 @@ class Store:
         if status == m.PAUSED:
             await self._event(cid, m.EV_PAUSED, None, now, {"reason": reason})
         await self.conn.commit()
-
-    # ------------------------------------------------------------------ recipients
-
-    async def start_send(self, cid: int, rows: Sequence[tuple[int, str, str]]) -> bool:
-        """Snapshot the recipients (member id, email, message-id) and mark the campaign
-        sending, in one transaction. False (and nothing written) when it had started."""
-        try:
-            cur = await self.conn.execute(
-                "UPDATE campaigns SET status = 'sending', started_at = ?"
-                " WHERE id = ? AND status = 'draft'",
-                (time.time(), cid),
-            )
-            if cur.rowcount == 0:
-                await self.conn.rollback()
-                return False
-            await self.conn.executemany(
-                "INSERT OR IGNORE INTO recipients(campaign_id, member_id, email, message_id)"
-                " VALUES (?, ?, ?, ?)",
-                [(cid, mid, email, msgid) for mid, email, msgid in rows],
-            )
-            await self.conn.commit()
-        except sqlite3.Error as exc:
-            await self.conn.rollback()
-            raise StoreError(f"Could not start campaign {cid}: {exc}.") from exc
-        return True
-
-    async def recover_sending(self, cid: int) -> int:
-        """Rows left 'sending' by a crash: DATA may or may not have been accepted.
-        They go back to pending, counted in ``uncertain`` (see sender.py)."""
-        cur = await self.conn.execute(
-            "UPDATE recipients SET status = 'pending', uncertain = uncertain + 1, next_at = 0"
-            " WHERE campaign_id = ? AND status = 'sending'",
-            (cid,),
-        )
-        await self.conn.commit()
-        return cur.rowcount
-
-    async def due(self, cid: int, now: float, limit: int, after: int = 0) -> list[m.Recipient]:
-        """Pending rows due by ``now`` (member id > ``after``), joined with the member."""
-        rows = await self._all(
-            f"SELECT {_MEMBER_COLS}, r.message_id, r.attempts, r.uncertain, r.ch_headers"  # noqa: S608
-            " FROM recipients r JOIN members m ON m.id = r.member_id"
-            " WHERE r.campaign_id = ? AND r.status = 'pending' AND r.next_at <= ?"
-            " AND r.member_id > ? ORDER BY r.member_id LIMIT ?",
-            (cid, now, after, limit),
-        )
-        return [
-            m.Recipient(cid, _member(r), str(r[10]), int(r[11]), int(r[12]), str(r[13]))
-            for r in rows
-        ]
-
-    async def next_due_at(self, cid: int) -> float | None:
-        row = await self._one(
-            "SELECT min(next_at) FROM recipients WHERE campaign_id = ? AND status = 'pending'",
-            (cid,),
-        )
-        return None if row is None or row[0] is None else float(row[0])
-
-    async def counts(self, cid: int) -> dict[str, int]:
-        rows = await self._all(
-            "SELECT status, count(*) FROM recipients WHERE campaign_id = ? GROUP BY status",
-            (cid,),
-        )
-        out = {s: 0 for s in (m.PENDING, m.SENDING, m.SENT, m.FAILED, m.SKIPPED)}
-        out.update({str(r[0]): int(r[1]) for r in rows})
-        return out
-
-    async def uncertain_total(self, cid: int) -> int:
-        row = await self._one(
-            "SELECT coalesce(sum(uncertain), 0) FROM recipients WHERE campaign_id = ?", (cid,)
-        )
-        return int(row[0])
-
-    async def sent_since(self, since: float) -> int:
-        row = await self._one("SELECT count(*) FROM recipients WHERE sent_at >= ?", (since,))
-        return int(row[0])
-
-    async def failures(self, cid: int, limit: int = 20) -> list[tuple[str, str]]:
-        rows = await self._all(
-            "SELECT email, last_error FROM recipients WHERE campaign_id = ? AND status = 'failed'"
-            " ORDER BY member_id LIMIT ?",
-            (cid, limit),
-        )
-        return [(str(r[0]), str(r[1])) for r in rows]
-
-    async def apply(self, outcomes: Sequence[m.Outcome]) -> None:
-        """Write a batch of recipient state changes and their events in one transaction.
-
-        A row's 'sending' is always posted before its final state, and a final state
-        is never followed by another 'sending' of the same row in one batch (a retry is
-        read back from the table first), so all 'sending' rows go first.
-        """
-        sending = [
-            (o.ch_headers, o.at, o.campaign_id, o.member_id)
-            for o in outcomes
-            if o.status == m.SENDING
-        ]
-        finals = [o for o in outcomes if o.status != m.SENDING]
-        kinds = {m.SENT: m.EV_SENT, m.FAILED: m.EV_FAILED}
-        try:
-            if sending:
-                await self.conn.executemany(
-                    "UPDATE recipients SET status = 'sending', ch_headers = ?, updated_at = ?"
-                    " WHERE campaign_id = ? AND member_id = ?",
-                    sending,
-                )
-            if finals:
-                await self.conn.executemany(
-                    "UPDATE recipients SET status = ?, last_error = ?, next_at = ?,"
-                    " attempts = attempts + ?, updated_at = ?,"
-                    " sent_at = CASE WHEN ? = 'sent' THEN ? ELSE sent_at END"
-                    " WHERE campaign_id = ? AND member_id = ?",
-                    [
-                        (
-                            o.status,
-                            o.error,
-                            o.next_at,
-                            o.attempts_inc,
-                            o.at,
-                            o.status,
-                            o.at,
-                            o.campaign_id,
-                            o.member_id,
-                        )
-                        for o in finals
-                    ],
-                )
-                events = [
-                    (
-                        o.campaign_id,
-                        kinds[o.status],
-                        o.member_id,
-                        o.at,
-                        json.dumps({"error": o.error} if o.error else {}),
-                    )
-                    for o in finals
-                    if o.status in kinds
-                ]
-                if events:
-                    await self.conn.executemany(
-                        "INSERT INTO events(campaign_id, kind, member_id, at, data)"
-                        " VALUES (?,?,?,?,?)",
-                        events,
-                    )
-            await self.conn.commit()
-        except sqlite3.Error as exc:
-            await self.conn.rollback()
-            raise StoreError(f"Could not record the send status: {exc}.") from exc
-
-    # ------------------------------------------------------------------ events
-
-    async def _event(
-        self, cid: int, kind: str, member_id: int | None, at: float, data: dict[str, Any]
-    ) -> None:
-        await self.conn.execute(
-            "INSERT INTO events(campaign_id, kind, member_id, at, data) VALUES (?,?,?,?,?)",
-            (cid, kind, member_id, at, json.dumps(data)),
-        )
-
-    async def add_event(
-        self,
-        cid: int,
-        kind: str,
-        member_id: int | None = None,
-        data: dict[str, Any] | None = None,
-        at: float | None = None,
-    ) -> None:
-        await self._event(cid, kind, member_id, time.time() if at is None else at, data or {})
-        await self.conn.commit()
-
-    async def events_after(
-        self, last_id: int, cid: int | None = None, limit: int = 5000
-    ) -> list[m.Event]:
-        if cid is None:
-            rows = await self._all(
-                "SELECT id, campaign_id, kind, member_id, at, data FROM events WHERE id > ?"
-                " ORDER BY id LIMIT ?",
-                (last_id, limit),
-            )
-        else:
-            rows = await self._all(
-                "SELECT id, campaign_id, kind, member_id, at, data FROM events WHERE id > ?"
-                " AND campaign_id = ? ORDER BY id LIMIT ?",
-                (last_id, cid, limit),
-            )
-        return [
-            m.Event(int(r[0]), int(r[1]), str(r[2]), r[3], float(r[4]), json.loads(r[5]))
-            for r in rows
-        ]
-
-    # ------------------------------------------------------------------ chats
-
-    async def chat_asked(
-        self, cid: int | None, member_id: int | None, member_login: str, at: float
-    ) -> int:
-        cur = await self.conn.execute(
-            "INSERT INTO chats(campaign_id, member_id, member_login, asked_at) VALUES (?,?,?,?)",
-            (cid, member_id, member_login, at),
-        )
-        if cid is not None:
-            await self._event(cid, m.EV_CHAT_ASKED, member_id, at, {"login": member_login})
-        await self.conn.commit()
-        return int(cur.lastrowid or 0)
-
-    async def chat_answered(self, chat_id: int, operator: str, at: float) -> None:
-        await self.conn.execute(
-            "UPDATE chats SET operator = ?, answered_at = ? WHERE id = ?",
-            (operator, at, chat_id),
-        )
-        row = await self._one(
-            "SELECT campaign_id, member_id, asked_at FROM chats WHERE id = ?", (chat_id,)
-        )
-        if row is not None and row[0] is not None:
-            await self._event(
-                int(row[0]),
-                m.EV_CHAT_ANSWERED,
-                row[1],
-                at,
-                {"operator": operator, "wait": at - float(row[2])},
-            )
-        await self.conn.commit()
-
-    async def chat_ended(self, chat_id: int, at: float, summary: str = "") -> None:
-        await self.conn.execute(
-            "UPDATE chats SET ended_at = ?, summary = ? WHERE id = ?", (at, summary, chat_id)
-        )
-        await self.conn.commit()
-
-    async def past_chats(self, member_id: int, limit: int = 10) -> list[dict[str, Any]]:
-        rows = await self._all(
-            "SELECT c.id, c.campaign_id, c.operator, c.asked_at, c.answered_at, c.summary,"
-            " k.name FROM chats c LEFT JOIN campaigns k ON k.id = c.campaign_id"
-            " WHERE c.member_id = ? ORDER BY c.asked_at DESC LIMIT ?",
-            (member_id, limit),
-        )
-        return [
-            {
-                "chat": r[0],
-                "campaign": r[1],
-                "operator": r[2],
-                "asked_at": r[3],
-                "answered_at": r[4],
-                "summary": r[5],
-                "campaign_name": r[6],
-            }
-            for r in rows
-        ]
 
     # ------------------------------------------------------------------ audit
 
