@@ -10,7 +10,7 @@ from typing import Any
 from chmail.client.cache import Cache
 
 QUEUED = "queued"  # waiting for its turn (or for a retry)
-SENDING = "sending"  # an SMTP transaction was started (a crash here may resend once)
+SENDING = "sending"  # reserved (older rows); treated like queued
 SENT = "sent"  # the SMTP server took it; filing into Sent still to do
 DONE = "done"  # sent and filed
 FAILED = "failed"  # permanent refusal (5xx); last_error has the server's words

@@ -201,6 +201,9 @@ class Outbox:
                         client, ok = await self._smtp(client, ready)
                         if not ok:
                             continue
+                        if self.sent_store is None:  # _smtp already marked it done
+                            finished += 1
+                            continue
                         item = ready
                     if await self._file(item):
                         finished += 1
@@ -256,7 +259,8 @@ class Outbox:
         self, client: aiosmtplib.SMTP | None, item: OutboxItem
     ) -> tuple[aiosmtplib.SMTP | None, bool]:
         """One SMTP transaction. Returns the (reusable) client and whether it was accepted."""
-        await store.update(self.cache, item.id, state=store.SENDING, attempts=item.attempts + 1)
+        # No "sending" write before the transaction: a crash before the final write leaves
+        # the row queued and it is sent again once, exactly as a "sending" mark would.
         try:
             if client is None or not client.is_connected:
                 client = await self._connect()
@@ -287,8 +291,15 @@ class Outbox:
                 client.close()
             await self._retry(item, f"{type(exc).__name__}: {exc}")
             return None, False
-        if self.sent_store is not None:  # else _file() marks it done at once
-            await store.update(self.cache, item.id, state=store.SENT, last_error="")
+        attempts = item.attempts + 1
+        if self.sent_store is not None:  # filing into Sent still to do
+            await store.update(
+                self.cache, item.id, state=store.SENT, attempts=attempts, last_error=""
+            )
+        else:
+            await store.update(
+                self.cache, item.id, state=store.DONE, attempts=attempts, last_error=""
+            )
         if errors:
             text = "; ".join(f"{r}: {c} {m}" for r, (c, m) in errors.items())
             self.notify(item.message_id, f"Sent, but some recipients were refused: {text}")
@@ -296,6 +307,10 @@ class Outbox:
 
     async def _file(self, item: OutboxItem) -> bool:
         """Append to Sent (if there is a store), then done."""
+        if self.sent_store is None:
+            if item.state != store.DONE:
+                await store.update(self.cache, item.id, state=store.DONE)
+            return True
         if self.sent_store is not None:
             try:
                 sent = await self._sent_folder()
@@ -323,7 +338,9 @@ class Outbox:
                            next_try=time.time() + delay, last_error=reason)  # fmt: skip
 
     async def _fail(self, item: OutboxItem, reason: str) -> None:
-        await store.update(self.cache, item.id, state=store.FAILED, last_error=reason)
+        await store.update(
+            self.cache, item.id, state=store.FAILED, attempts=item.attempts + 1, last_error=reason
+        )
         self.notify(item.message_id, reason)
 
 

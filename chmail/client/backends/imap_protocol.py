@@ -70,6 +70,18 @@ class FastProtocol(_aio.IMAP4ClientProtocol):  # type: ignore[misc]
         self.last_rx = 0.0
         self.error: Exception | None = None
 
+    def connection_lost(self, exc: Exception | None) -> None:
+        """Fail every waiting command at once (stock aioimaplib leaves them hanging until
+        their timeout): a dropped server is noticed now, not 30 s later."""
+        reason = _aio.Abort(f"connection lost: {exc or self.error or 'closed by the server'}")
+        waiting = [*self.pending_async_commands.values(), self.pending_sync_command]
+        for cmd in waiting:
+            if cmd is not None and not cmd._event.is_set():
+                cmd._exception = reason
+                cmd._timer.cancel()
+                cmd._event.set()
+        super().connection_lost(exc)
+
     def data_received(self, d: bytes) -> None:
         self.last_rx = asyncio.get_running_loop().time()
         self._buf += d
