@@ -178,10 +178,15 @@ async def test_move_and_delete_reach_the_server(
     assert moved is not None
     assert (moved.folder, moved.uid) == ("Archive", 1)  # COPYUID gave the new UID
     await s.delete(m2.pk)  # to Trash
+    m3 = await cache.by_uid(inbox.id, 3)
+    assert m3 is not None
+    await s.copy(m3.pk, "Archive")
+    drafts_uid = await s.append("Drafts", b"Subject: draft\r\n\r\nx\r\n", ["\\Draft"])
+    assert drafts_uid == 1
     await s.sync_all()
     await b.close()
     assert await cache.count(inbox.id) == 2
-    assert await cache.count(archive.id) == 1
+    assert await cache.count(archive.id) == 2
     trash = await cache.folder_by_use(mail_user.name, "trash")
     assert trash is not None
     assert await cache.count(trash.id) == 1

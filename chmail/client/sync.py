@@ -132,19 +132,13 @@ class Syncer:
         new = [u for u in server if u not in cached]
         if progress:
             progress(0, len(new), name)
-        pending: asyncio.Task[int] | None = None
         done = 0
-        # Store batch k (SQLite thread) while batch k+1 is on the wire.
+        # Batches are stored one after the other, not overlapped with the next fetch:
+        # sqlite3 drops and retakes the GIL for every row, and next to a busy event loop
+        # each retake waits out the interpreter's switch interval (a GIL convoy), which
+        # made overlapping slower than doing one thing at a time.
         async for batch in self.backend.headers(name, new):
-            if pending is not None:
-                done += await pending
-                if progress:
-                    progress(done, len(new), name)
-            pending = asyncio.ensure_future(
-                self.cache.add_messages(folder.id, batch, uidvalidity=state.uidvalidity)
-            )
-        if pending is not None:
-            done += await pending
+            done += await self.cache.add_messages(folder.id, batch, uidvalidity=state.uidvalidity)
             if progress:
                 progress(done, len(new), name)
         res.new = done
@@ -228,6 +222,22 @@ class Syncer:
         self._changed(target.id)
         await self._try_push()
 
+    async def copy(self, pk: int, dest: str) -> None:
+        """Copy to another folder (the copy appears there at the next sync of it)."""
+        msg = await self.cache.get(pk)
+        if msg is None or msg.folder == dest:
+            return
+        await self.cache.queue_op(
+            self.account, "copy", msg.folder, msg.uid, json.dumps({"dest": dest})
+        )
+        await self._try_push()
+
+    async def append(self, folder: str, raw: bytes, flags: Iterable[str] = ()) -> int | None:
+        """Store a message in a folder of the server (Sent, Drafts...) and sync that folder."""
+        uid = await self.backend.append(folder, raw, flags)
+        await self.sync_folder(folder)
+        return uid
+
     async def delete(self, pk: int, *, permanent: bool = False) -> None:
         """Move to Trash; from Trash itself (or with ``permanent``) delete for good."""
         msg = await self.cache.get(pk)
@@ -278,6 +288,8 @@ class Syncer:
             target = await self.cache.folder_by_name(self.account, spec["dest"])
             if target is not None:
                 await self.cache.rekey(target.id, -int(spec["pk"]), mapping.get(uid))
+        elif kind == "copy":
+            await self.backend.copy(folder, [uid], json.loads(arg)["dest"])
         elif kind == "delete":
             await self.backend.store_flags(folder, [uid], [DELETED])
             await self.backend.expunge(folder, [uid])
