@@ -3,6 +3,7 @@ both clients come back by themselves; nothing acknowledged is lost, nothing show
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import socket
 import time
@@ -38,6 +39,20 @@ async def add_users(data: Path, *logins: str) -> None:
     await store.close()
 
 
+async def lease_on_disk(data: Path, port: int) -> None:
+    """Wait until the server has written the lease of ``port`` (a mail's lifetime is longer
+    than the server's write-behind delay; a test's is not)."""
+    async with asyncio.timeout(10):
+        while True:
+            store = await ServerStore.open(data)
+            try:
+                if await store.lease(port) is not None:
+                    return
+            finally:
+                await store.close()
+            await asyncio.sleep(0.02)
+
+
 async def client(port: int, login: str) -> Client:
     link = ChLink(
         "127.0.0.1",
@@ -69,6 +84,7 @@ async def test_sigkill_mid_chat_loses_nothing_and_shows_nothing_twice(
     alice, bob = await client(port, "alice"), await client(port, "bob")
     try:
         mail = await alice.send_mail("bob@example.org", "carol@example.org")
+        await lease_on_disk(data, mail.link.port)  # table 2 is written behind, in batches
         st = await bob.engine.escalate(mail)
         ring = (await next_event(alice.engine.events, RingEvent)).ring
         a = await alice.join(await alice.engine.answer(ring.call))

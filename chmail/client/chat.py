@@ -245,6 +245,9 @@ class ChatEngine:
             if s.server is not None:
                 await s.server.wait_closed()
         self.hosted.clear()
+        for c in list(self.joined.values()):
+            await c.close()
+        self.joined.clear()
         for t in list(self._tasks):
             t.cancel()
 
