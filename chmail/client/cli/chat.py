@@ -201,6 +201,9 @@ async def call(engine: ChatEngine, ref: MailRef, bell: str) -> SessionClient | i
     if st.state == "alarmed":
         note(st.message)
         return None
+    if st.state == "accepted":  # a chat on this mail is going on: join it
+        note(st.message or "joining the chat")
+        return await engine.join(st)
     if st.state == "ringing":
         note(f"ringing {st.peer} about “{st.subject}”…")
         st = await engine.wait_state(st.call)
