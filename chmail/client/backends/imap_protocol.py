@@ -115,6 +115,12 @@ class FastProtocol(_aio.IMAP4ClientProtocol):  # type: ignore[misc]
                     raise LiteralTooLarge("The IMAP server sent a line longer than 1 MiB.")
                 break
             line = bytes(buf[pos:idx])
+            fast = self._fast_fetch(line, cmd, buf, idx + 2, end)
+            if fast == -1:
+                break  # its literal is not all here yet: wait for more data
+            if fast:
+                pos = fast
+                continue
             pos = idx + 2
             cmd2 = self._handle_line(line, cmd)
             m = _LITERAL_END.search(line) if line.endswith(b"}") else None
@@ -134,6 +140,38 @@ class FastProtocol(_aio.IMAP4ClientProtocol):  # type: ignore[misc]
             else:
                 self._cur = None
         del buf[:pos]
+
+    def _fast_fetch(self, line: bytes, cur: Any, buf: bytearray, start: int, end: int) -> int:
+        """The hot path of a big FETCH: ``* N FETCH (... {size}`` plus its literal, and the
+        closing ``)``, go straight into the FETCH command's lines (same shape as the
+        generic path produces). Returns the new read position, 0 to use the generic
+        path, -1 when the literal has not fully arrived."""
+        fc = self.pending_async_commands.get("FETCH")
+        if type(fc) is not FastFetchCommand or self.pending_sync_command is not None:
+            return 0
+        if cur is fc and line == b")":
+            fc.append_to_resp(line)
+            self._cur = None
+            return start
+        if cur is not None or not line.startswith(b"* ") or not line.endswith(b"}"):
+            return 0
+        if b" FETCH (" not in line[:32]:
+            return 0
+        m = _LITERAL_END.search(line)
+        if m is None:
+            return 0
+        size = int(m.group(1))
+        if size > self.max_literal:
+            raise LiteralTooLarge(
+                f"The IMAP server announced a {size:,}-byte item, more than the "
+                f"{self.max_literal:,}-byte limit; the connection was closed."
+            )
+        if start + size > end:
+            return -1
+        fc.append_to_resp(line[2:])
+        fc._resp_lines.append(bytearray(buf[start : start + size]))
+        self._cur = fc  # the rest of the item (")" or more attributes) belongs to it
+        return start + size
 
     async def fetch(
         self,
