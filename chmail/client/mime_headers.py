@@ -8,11 +8,11 @@ Nothing here raises on malformed input: a header that cannot be read is left emp
 
 from __future__ import annotations
 
-import base64
 import binascii
 import calendar
 import codecs
 import email.utils
+import functools
 import quopri
 import re
 
@@ -54,6 +54,7 @@ _MSGID = re.compile(r"<[^<>\s]+>")
 _SIMPLE_ADDR = re.compile(r"\s*(.*?)\s*<([^<>]*)>\s*$")
 
 
+@functools.lru_cache(maxsize=256)
 def codec_for(charset: str) -> str:
     """A Python codec name for a MIME charset (unknown ones fall back to UTF-8)."""
     name = charset.strip().strip('"').lower()
@@ -83,7 +84,7 @@ def _decode_word(m: re.Match[bytes]) -> bytes:
     charset, enc, text = m.group(1).decode("ascii", "replace"), m.group(2), m.group(3)
     try:
         if enc in b"bB":
-            raw = base64.b64decode(text + b"=" * (-len(text) % 4))
+            raw = binascii.a2b_base64(text + b"=" * (-len(text) % 4))
         else:
             raw = quopri.decodestring(text.replace(b"_", b" "), header=True)
     except (binascii.Error, ValueError):
@@ -125,6 +126,12 @@ def addresses(value: str) -> list[tuple[str, str]]:
     """``(display name, address)`` pairs of an address header (already decoded)."""
     if not value:
         return []
+    if "," not in value and '"' not in value and "(" not in value and "\\" not in value:
+        m = _SIMPLE_ADDR.match(value)
+        if m:
+            return [(m.group(1), m.group(2).strip())]
+        if ":" not in value and ";" not in value:
+            return [("", value.strip())]
     if '"' not in value and "(" not in value and "\\" not in value:
         out = []
         for part in value.split(","):
