@@ -173,6 +173,13 @@ async def raw_peer(port: int) -> Peer:
     return Peer(reader, writer)
 
 
+def acks(frame: dict[str, Any]) -> int:
+    """How many of our messages a frame acknowledges (``said`` or ``said_many``)."""
+    if frame["t"] == "said_many":
+        return len(frame["ids"])
+    return 1 if frame["t"] == "said" else 0
+
+
 async def throughput(a: Peer, b: Peer, n: int, kind: str, base: int) -> float:
     frames = [
         p.encode(p.Say(id=base + i, cid=f"c{base + i}", text=f"message {i}")) for i in range(n)
@@ -182,7 +189,7 @@ async def throughput(a: Peer, b: Peer, n: int, kind: str, base: int) -> float:
         with_acks = kind == "chat"
         got = 0
         while with_acks and got < n:
-            got += sum(1 for f in await a.frames() if f["t"] == "said")
+            got += sum(acks(f) for f in await a.frames())
 
     async def recv_b() -> None:
         got = 0
@@ -216,7 +223,7 @@ async def latency(a: Peer, b: Peer, n: int, kind: str, base: int) -> list[float]
             pass
         out.append((time.perf_counter() - t0) * 1e6)
         if kind == "chat":
-            while not any(f["t"] == "said" for f in await a.frames()):
+            while not any(acks(f) for f in await a.frames()):
                 pass
     return out
 

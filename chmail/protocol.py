@@ -687,6 +687,16 @@ class Said(Message):
     cid: str = ""
 
 
+@message("said_many", sender="s")
+class SaidMany(Message):
+    """Push after a commit: the sender's requests ``ids`` are stored as ``seqs`` (the
+    batched form of ``said``: one frame per commit instead of one per message)."""
+
+    ids: list[int] = field(default_factory=list)
+    seqs: list[int] = field(default_factory=list)
+    cids: list[str] = field(default_factory=list)
+
+
 @message("chat", sender="s")
 class Chat(Message):
     """Push: one stored chat message."""

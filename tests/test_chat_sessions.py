@@ -139,12 +139,16 @@ async def test_resend_with_same_cid_is_stored_once(env: Env) -> None:
             conn.receive_data(await reader.read(65536))
     for i in (2, 3):
         writer.write(conn.send(p.Say(id=i, cid="same", text="once")))
-    said: list[p.Said] = []
+    acks: list[tuple[int, int]] = []  # (request id, seq)
     async with asyncio.timeout(10):
-        while len(said) < 2:
+        while len(acks) < 2:
             conn.receive_data(await reader.read(65536))
-            said += [m for m in conn.events() if isinstance(m, p.Said)]
-    assert [m.seq for m in said] == [1, 1]
+            for m in conn.events():
+                if isinstance(m, p.Said):
+                    acks.append((m.id, m.seq))
+                elif isinstance(m, p.SaidMany):
+                    acks += zip(m.ids, m.seqs, strict=True)
+    assert sorted(acks) == [(2, 1), (3, 1)]
     writer.close()
     assert len(env.messages(s.id)) == 1
 

@@ -70,6 +70,11 @@ def said_frame(rid: int, seq: int, cid: str) -> bytes:
     return p.LENGTH.pack(len(body)) + body  # type: ignore[no-any-return]
 
 
+def said_many_frame(ids: list[int], seqs: list[int], cids: list[str]) -> bytes:
+    body = _pack({"t": "said_many", "ids": ids, "seqs": seqs, "cids": cids})
+    return p.LENGTH.pack(len(body)) + body  # type: ignore[no-any-return]
+
+
 class SessionConn(asyncio.Protocol):
     """One client connection to a session's listener (see the module's rules)."""
 

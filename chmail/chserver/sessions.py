@@ -11,7 +11,8 @@ Rules (docs/protocol.md, "Calls and chat sessions", is the normative text):
   every connection, and stored with everything else that arrived in the same turn of
   the event loop (one transaction); then its sender gets ``said``. ``said`` means
   stored: it survives a crash of the server. ``join`` with ``last_seq`` replays what
-  came after it, then the live stream follows (see RESTART_GAP for crash safety).
+  came after it, then the live stream follows (see RESTART_GAP for crash safety). After
+  a commit each sender gets one ``said_many`` for all its messages in it.
 * ``typing`` and ``read`` are relayed to the other members; read state is remembered.
 * ``leave``: that member goes (when the last one leaves the session ends); ``end``: the
   session ends for everyone; no activity for the idle timeout ends it too. An ended
@@ -38,7 +39,7 @@ from typing import Protocol as TypingProtocol
 
 from chmail import protocol as p
 from chmail.chserver.chatstore import MessageRow, StoredMessage
-from chmail.chserver.sessionconn import SessionConn, chat_frame, said_frame
+from chmail.chserver.sessionconn import SessionConn, chat_frame, said_frame, said_many_frame
 
 log = logging.getLogger(__name__)
 
@@ -405,9 +406,15 @@ class ChatSession:
         """A batch is committed: acknowledge each message to whoever sent it."""
         unstored = self._unstored
         if err is None:
+            acks: dict[SessionConn, tuple[list[int], list[int], list[str]]] = {}
             for m in batch:
                 for c, rid in unstored.pop((m.sender, m.cid), ()):
-                    c.queue(said_frame(rid, m.seq, m.cid))
+                    ids, seqs, cids = acks.get(c) or acks.setdefault(c, ([], [], []))
+                    ids.append(rid)
+                    seqs.append(m.seq)
+                    cids.append(m.cid)
+            for c, (ids, seqs, cids) in acks.items():
+                c.queue(said_many_frame(ids, seqs, cids))
             self.flush_out()
             return
         for m in batch:  # not stored: the senders resend (the same cid is welcome again)

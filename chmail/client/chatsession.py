@@ -340,11 +340,11 @@ class SessionClient:
                 line = Line(msg.seq, msg.login, msg.cid, msg.text, msg.ts, msg.login == self.login)
                 self.lines.append(line)
                 self.events.put_nowait(line)
+        elif isinstance(msg, p.SaidMany):
+            for rid, seq, cid in zip(msg.ids, msg.seqs, msg.cids, strict=False):
+                self._acked(rid, seq, cid)
         elif isinstance(msg, p.Said):
-            self._say_ids.pop(msg.id, None)
-            self.last_seq = max(self.last_seq, msg.seq)
-            if msg.cid in self._pending:
-                self._stored(msg.cid, msg.seq)
+            self._acked(msg.id, msg.seq, msg.cid)
         elif isinstance(msg, p.Typing):
             self.events.put_nowait(TypingEvent(msg.login, msg.active))
         elif isinstance(msg, p.Read):
@@ -363,6 +363,12 @@ class SessionClient:
                 self._pending.pop(cid, None)
                 self._changed()
             self.events.put_nowait(ErrorEvent(msg.message, cid))
+
+    def _acked(self, rid: int, seq: int, cid: str) -> None:
+        self._say_ids.pop(rid, None)
+        self.last_seq = max(self.last_seq, seq)
+        if cid in self._pending:
+            self._stored(cid, seq)
 
     def _stored(self, cid: str, seq: int) -> None:
         text = self._pending.pop(cid)
