@@ -25,8 +25,8 @@ CHAT_DB = "chat.sqlite"
 
 
 def _login(ctx: Context) -> str:
-    assert ctx.login is not None  # handlers run only after auth (protocol rule)
-    return ctx.login
+    """The authenticated login of ``ctx`` (error ``not_authenticated`` if there is none)."""
+    return ctx.require_login()
 
 
 def install(server: ChServer, *, bind_host: str | None = None) -> CallService:
