@@ -170,7 +170,7 @@ def _mac(
             context,
         ]
     )
-    digest = hmac.new(key, text.encode("ascii"), hashlib.sha256).digest()
+    digest = hmac.digest(key, text.encode("ascii"), hashlib.sha256)
     return base64.urlsafe_b64encode(digest).decode("ascii").rstrip("=")
 
 

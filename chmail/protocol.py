@@ -28,7 +28,7 @@ import enum
 import struct
 import types
 import typing
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -78,11 +78,17 @@ class Message:
 
     def to_wire(self) -> dict[str, Any]:
         out: dict[str, Any] = {"t": self.t}
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
+        names = _FIELD_NAMES.get(type(self))
+        if names is None:
+            names = _FIELD_NAMES[type(self)] = tuple(f.name for f in dataclasses.fields(self))
+        for name in names:
+            value = getattr(self, name)
             if value is not None:
-                out[f.name] = value
+                out[name] = value
         return out
+
+
+_FIELD_NAMES: dict[type[Message], tuple[str, ...]] = {}
 
 
 REGISTRY: dict[str, type[Message]] = {}
@@ -270,31 +276,47 @@ def _hints(cls: type[Message]) -> dict[str, Any]:
     return hints
 
 
-def _check(value: Any, hint: Any) -> bool:
-    origin = typing.get_origin(hint)
-    if hint is Any:
-        return True
-    if hint is bool:
-        return isinstance(value, bool)
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool) and abs(value) <= MAX_ID
-    if hint is float:
-        return isinstance(value, int | float) and not isinstance(value, bool)
+Checker = Callable[[Any], bool]
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and abs(value) <= MAX_ID
+
+
+def _is_float(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _checker(hint: Any) -> Checker:
+    """A function that checks a decoded value against a field's type hint (built once)."""
     if hint is str:
-        return isinstance(value, str)
-    if origin is list:
-        (item,) = typing.get_args(hint)
-        return isinstance(value, list) and all(_check(v, item) for v in value)
-    if origin is dict:
-        kt, vt = typing.get_args(hint)
-        return isinstance(value, dict) and all(
-            _check(k, kt) and _check(v, vt) for k, v in value.items()
-        )
-    if origin in (typing.Union, types.UnionType):
-        return any(_check(value, a) for a in typing.get_args(hint))
+        return lambda v: isinstance(v, str)
+    if hint is int:
+        return _is_int
+    if hint is bool:
+        return lambda v: isinstance(v, bool)
+    if hint is float:
+        return _is_float
+    if hint is Any:
+        return lambda v: True
     if hint is type(None):
-        return value is None
-    return False
+        return lambda v: v is None
+    origin = typing.get_origin(hint)
+    if origin is list:
+        (item_hint,) = typing.get_args(hint)
+        item = _checker(item_hint)
+        return lambda v: isinstance(v, list) and all(item(x) for x in v)
+    if origin is dict:
+        kt, vt = (_checker(a) for a in typing.get_args(hint))
+        return lambda v: isinstance(v, dict) and all(kt(k) and vt(x) for k, x in v.items())
+    if origin in (typing.Union, types.UnionType):
+        options = [_checker(a) for a in typing.get_args(hint)]
+        return lambda v: any(c(v) for c in options)
+    return lambda v: False
+
+
+def _check(value: Any, hint: Any) -> bool:
+    return _checker(hint)(value)
 
 
 def from_wire(obj: Any) -> Message:
@@ -310,14 +332,22 @@ def from_wire(obj: Any) -> Message:
     if cls is None:
         return Unknown(t, req_id, obj)
     kwargs: dict[str, Any] = {}
-    for name, hint in _hints(cls).items():
+    checkers = _CHECKERS.get(cls)
+    if checkers is None:
+        checkers = _CHECKERS[cls] = tuple(
+            (name, _checker(hint), hint is float) for name, hint in _hints(cls).items()
+        )
+    for name, check, is_float in checkers:
         if name not in obj:
             continue  # defaults fill the gaps; required-ness is the handler's concern
         value = obj[name]
-        if not _check(value, hint):
+        if not check(value):
             raise RemoteProtocolError(f"field {name!r} of {t!r} has the wrong type", code=E_INVALID)
-        kwargs[name] = float(value) if hint is float else value
+        kwargs[name] = float(value) if is_float else value
     return cls(**kwargs)
+
+
+_CHECKERS: dict[type[Message], tuple[tuple[str, Checker, bool], ...]] = {}
 
 
 def encode(msg: Message, *, max_frame: int = DEFAULT_MAX_FRAME) -> bytes:
@@ -418,6 +448,10 @@ class Connection:
     def authenticated(self) -> bool:
         return self.state is State.AUTHENTICATED
 
+    @property
+    def closed(self) -> bool:
+        return self.state is State.CLOSED
+
     def receive_data(self, data: bytes) -> None:
         """Feed bytes from the peer.
 
@@ -432,7 +466,7 @@ class Connection:
         try:
             for body in self._decoder.feed(data):
                 self._events.append(self._receive_body(body))
-                if self.state is State.CLOSED:
+                if self.closed:
                     return
         except RemoteProtocolError:
             self.state = State.CLOSED

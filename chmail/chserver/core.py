@@ -24,7 +24,7 @@ from chmail import headers
 from chmail import protocol as p
 from chmail.chserver.auth import Hasher, valid_login
 from chmail.chserver.ports import LEASE_BLOCK, Lease
-from chmail.chserver.server import ChServer, Context
+from chmail.chserver.server import ChServer, Context, Defer
 from chmail.chserver.store import ServerStore
 from chmail.errors import HeaderError, ValidationError
 
@@ -37,6 +37,7 @@ MAX_PRESENCE = 1000
 MAX_ADDRESS = 254  # RFC 5321 4.5.3.1.3 (path) minus the angle brackets
 _ADDRESS = re.compile(r"[^\s@<>\"]{1,64}@[^\s@<>\"]{1,253}")
 LEASE_COUNTER = "lease_reserved"
+FLUSH_DELAY = 0.05  # seconds a new lease may wait in memory before its batch is written
 
 
 class LeaseWriter:
@@ -84,6 +85,8 @@ class LeaseWriter:
     async def _run(self) -> None:
         while True:
             await self._wake.wait()
+            # Gather a batch: one transaction per FLUSH_DELAY at most, however many allocs.
+            await asyncio.sleep(FLUSH_DELAY)
             self._wake.clear()
             try:
                 await self._write()
@@ -108,6 +111,7 @@ class Core:
         s.register("auth", self.auth)
         s.register("alloc", self.alloc)
         s.register("presence", self.presence)
+        s.register_sync("alloc", self.alloc_now)
         s.extensions["core"] = self
 
         async def start() -> None:
@@ -180,6 +184,18 @@ class Core:
         return None
 
     async def alloc(self, ctx: Context, msg: p.Alloc) -> p.Message | None:
+        """The slow path: reserve the next block of lease numbers on disk first."""
+        pool = self.server.pool
+        while pool.needs_reservation():
+            pool.reserved = await self.server.store.raise_counter(
+                LEASE_COUNTER, pool.next_lease + LEASE_BLOCK - 1
+            )
+        return self.alloc_now(ctx, msg)
+
+    def alloc_now(self, ctx: Context, msg: p.Alloc) -> p.Message | None:
+        """The fast path, inline in the dispatcher while lease numbers are reserved."""
+        if self.server.pool.needs_reservation():
+            raise Defer
         login = ctx.require_login()
         try:
             message_id = headers.check_message_id(msg.message_id)
@@ -189,12 +205,7 @@ class Core:
             raise ValidationError(exc.message, code=p.E_INVALID) from None
         recipients = check_recipients(msg.recipients)
         host = ctx.host if ctx.direct and ctx.host else self.server.public_host
-        pool = self.server.pool
-        while pool.needs_reservation():
-            pool.reserved = await self.server.store.raise_counter(
-                LEASE_COUNTER, pool.next_lease + LEASE_BLOCK - 1
-            )
-        grant = pool.alloc(
+        grant = self.server.pool.alloc(
             login=login,
             host=host,
             message_id=message_id,

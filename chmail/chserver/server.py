@@ -42,6 +42,13 @@ MAX_INFLIGHT = 64  # concurrent requests per connection; more get "rate_limited"
 AGENT = "chmail-server/1"
 
 Handler = Callable[["Context", Any], Awaitable[p.Message | None]]
+SyncHandler = Callable[["Context", Any], p.Message | None]
+
+
+class Defer(Exception):
+    """Raised by a sync handler that must wait after all: the async handler runs instead."""
+
+
 Hook = Callable[["Context"], Awaitable[None]]
 LifeHook = Callable[[], Awaitable[None]]
 
@@ -199,6 +206,7 @@ class ChServer:
         self.public_host = public_host or config.public_host
         self.registry = Registry(store)
         self.handlers: dict[str, Handler] = {}
+        self.sync_handlers: dict[str, SyncHandler] = {}
         self.auth_hooks: list[Hook] = []
         self.disconnect_hooks: list[Hook] = []
         self.start_hooks: list[LifeHook] = []
@@ -221,6 +229,14 @@ class ChServer:
         if t not in p.REGISTRY:
             raise RuntimeError(f"{t!r} is not a message type of chmail.protocol")
         self.handlers[t] = handler
+
+    def register_sync(self, t: str, handler: SyncHandler) -> None:
+        """A fast path for requests of type ``t`` that need no waiting: run inline (no
+        task), reply returned or ChmailError raised as for async handlers; raise
+        ``Defer`` to fall back to the async handler registered for the same type."""
+        if t in self.sync_handlers:
+            raise RuntimeError(f"a sync handler for {t!r} is already registered")
+        self.sync_handlers[t] = handler
 
     def on_auth(self, hook: Hook) -> None:
         """``await hook(ctx)`` after each successful auth (auth_ok already sent)."""
@@ -347,6 +363,23 @@ class ChServer:
         if isinstance(msg, p.Rejected):
             ctx.send(p.Error(code=msg.code, message=msg.reason, id=msg.id))
             return
+        fast = None if isinstance(msg, p.Unknown) else self.sync_handlers.get(msg.t)
+        if fast is not None:
+            try:
+                reply = fast(ctx, msg)
+            except Defer:
+                pass
+            except ChmailError as exc:
+                ctx.send(p.Error(code=exc.code, message=exc.message, id=req_id))
+                return
+            except Exception:
+                log.exception("conn %d: %s handler failed", ctx.id, msg.t)
+                ctx.send(p.Error(code=p.E_INTERNAL, message="the server failed", id=req_id))
+                return
+            else:
+                if reply is not None:
+                    ctx.send(reply)
+                return
         handler = None if isinstance(msg, p.Unknown) else self.handlers.get(msg.t)
         if handler is None:
             name = msg.type_name if isinstance(msg, p.Unknown) else msg.t
