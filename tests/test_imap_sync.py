@@ -319,3 +319,19 @@ async def test_tls_with_self_signed_ca(
     names = [f.name for f in await b.folders()]
     await b.close()
     assert "INBOX" in names
+
+
+async def test_non_ascii_folder_names(
+    mailstack: MailStack, mail_user: MailUser, cache: Cache
+) -> None:
+    """A Korean folder name round-trips through modified UTF-7 and syncs like any other."""
+    b = backend(mailstack, mail_user)
+    await b.connect()
+    await b.create_folder("받은편지함/업무")
+    await b.append("받은편지함/업무", b"Subject: in a Korean folder\r\n\r\nx\r\n")
+    s = Syncer(cache, b, mail_user.name)
+    await s.sync_all()
+    await b.close()
+    f = await cache.folder_by_name(mail_user.name, "받은편지함/업무")
+    assert f is not None
+    assert f.total == 1

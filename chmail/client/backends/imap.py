@@ -14,6 +14,7 @@ Rules:
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import re
 import ssl
@@ -48,6 +49,45 @@ _APPENDUID = re.compile(rb"APPENDUID \d+ (\d+)")
 
 def quote(s: str) -> str:
     return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def mailbox(name: str) -> str:
+    """A folder name as an IMAP argument: modified UTF-7 (RFC 3501 5.1.3), quoted."""
+    return quote(utf7_encode(name))
+
+
+def utf7_encode(name: str) -> str:
+    out, run = [], ""
+
+    def flush() -> None:
+        nonlocal run
+        if run:
+            b64 = base64.b64encode(run.encode("utf-16-be")).decode().rstrip("=")
+            out.append("&" + b64.replace("/", ",") + "-")
+            run = ""
+
+    for ch in name:
+        if 0x20 <= ord(ch) <= 0x7E:
+            flush()
+            out.append("&-" if ch == "&" else ch)
+        else:
+            run += ch
+    flush()
+    return "".join(out)
+
+
+def utf7_decode(name: str) -> str:
+    def sub(m: re.Match[str]) -> str:
+        body = m.group(1)
+        if not body:
+            return "&"
+        data = body.replace(",", "/")
+        try:
+            return base64.b64decode(data + "=" * (-len(data) % 4)).decode("utf-16-be")
+        except (ValueError, UnicodeDecodeError):
+            return m.group(0)
+
+    return re.sub(r"&([A-Za-z0-9+,]*)-", sub, name)
 
 
 def uid_set(uids: Iterable[int]) -> str:
@@ -267,7 +307,7 @@ class ImapBackend:
 
     async def _select(self, folder: str) -> FolderState:
         proto = self._proto()
-        args = [quote(folder)]
+        args = [mailbox(folder)]
         if "CONDSTORE" in self.capabilities:
             args.append("(CONDSTORE)")
         res = await self._cmd(proto.run, "SELECT", *args)
@@ -309,7 +349,7 @@ class ImapBackend:
                 continue
             attrs = m.group(1).decode("ascii", "replace").split()
             delim = m.group(2).strip(b'"').decode() if m.group(2) != b"NIL" else "/"
-            name = _unquote_mailbox(m.group(3))
+            name = utf7_decode(_unquote_mailbox(m.group(3)))
             selectable = not any(a.lower() in ("\\noselect", "\\nonexistent") for a in attrs)
             role = "inbox" if name.upper() == "INBOX" else role_of(name, attrs)
             out.append(FolderInfo(name, delim, role, selectable))
@@ -396,14 +436,14 @@ class ImapBackend:
         async with self._lock:
             await self._ensure(folder)
             proto = self._proto()
-            res = await self._cmd(proto.run, "MOVE", uid_set(uids), quote(dest), prefix="UID")
+            res = await self._cmd(proto.run, "MOVE", uid_set(uids), mailbox(dest), prefix="UID")
         return _copyuid(res.lines)
 
     async def copy(self, folder: str, uids: list[int], dest: str) -> dict[int, int]:
         async with self._lock:
             await self._ensure(folder)
             res = await self._cmd(
-                self._proto().run, "COPY", uid_set(uids), quote(dest), prefix="UID"
+                self._proto().run, "COPY", uid_set(uids), mailbox(dest), prefix="UID"
             )
         return _copyuid(res.lines)
 
@@ -425,7 +465,7 @@ class ImapBackend:
         async with self._lock:
             proto = self._proto()
             flag_text = f"({' '.join(flags)})" if flags else None
-            res = await self._cmd(proto.append, raw, quote(folder), flag_text, date)
+            res = await self._cmd(proto.append, raw, mailbox(folder), flag_text, date)
         for line in res.lines:
             if isinstance(line, bytes):
                 m = _APPENDUID.search(line)
@@ -435,7 +475,7 @@ class ImapBackend:
 
     async def create_folder(self, name: str) -> None:
         async with self._lock:
-            await self._cmd(self._proto().run, "CREATE", quote(name), ok=False)
+            await self._cmd(self._proto().run, "CREATE", mailbox(name), ok=False)
 
     async def wait_changes(self, folder: str, seconds: float) -> bool:
         """IDLE (RFC 2177) on ``folder`` until the server pushes something or ``seconds``."""
