@@ -23,6 +23,8 @@ from chmail.errors import StoreError
 
 
 def flags_text(flags: Iterable[str]) -> str:
+    if not flags:
+        return ""
     return " ".join(sorted({f for f in flags if f and f != "\\Recent"}))
 
 

@@ -21,6 +21,7 @@ import re
 import shlex
 import sqlite3
 import time
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
@@ -139,16 +140,22 @@ async def note_pairs(db: aiosqlite.Connection, pairs: list[tuple[str, str]], wei
 
 
 def _aggregate(pairs: list[tuple[str, str]], weight: int) -> list[tuple[str, str, str, int, int]]:
-    agg: dict[str, list[Any]] = {}
-    now = int(time.time())
+    counts = Counter(addr for _, addr in pairs)  # most addresses repeat: count them in C
+    names: dict[str, str] = {}
     for name, addr in pairs:
+        if name and addr not in names:
+            names[addr] = name
+    now = int(time.time())
+    agg: dict[str, list[Any]] = {}
+    for addr, n in counts.items():
         key = addr.strip().lower()
         if "@" not in key or len(key) > 254:
             continue
         row = agg.setdefault(key, ["", 0])
+        name = names.get(addr, "").strip()
         if name and not row[0]:
-            row[0] = name.strip()
-        row[1] += weight
+            row[0] = name
+        row[1] += n * weight
     return [(a, n, n.casefold(), u, now) for a, (n, u) in agg.items()]
 
 

@@ -29,18 +29,18 @@ def assign(db: sqlite3.Connection, msgs: Sequence[NewMessage]) -> list[int]:
             part,
         )
         known.update({r[0]: r[1] for r in cur.fetchall()})
-    row = db.execute("SELECT coalesce(max(id), 0) FROM threads").fetchone()
+    # Thread ids come from thread_ids itself (its thread_id index answers max() at once);
+    # the threads table is not written per thread: nothing reads a row per thread.
+    row = db.execute("SELECT coalesce(max(thread_id), 0) FROM thread_ids").fetchone()
     next_id = (row[0] if row else 0) + 1
-    new_threads: list[tuple[int, str]] = []
     merges: list[tuple[int, int]] = []
     changed: dict[str, int] = {}
     out: list[int] = []
-    for m, keys in zip(msgs, keys_of, strict=True):
+    for keys in keys_of:
         found = {known[k] for k in keys if k in known}
         if not found:
             tid = next_id
             next_id += 1
-            new_threads.append((tid, m.subject))
         else:
             tid = min(found)
             for other in found - {tid}:
@@ -52,7 +52,6 @@ def assign(db: sqlite3.Connection, msgs: Sequence[NewMessage]) -> list[int]:
             if known.get(k) != tid:
                 known[k] = changed[k] = tid
         out.append(tid)
-    db.executemany("INSERT INTO threads (id, subject) VALUES (?, ?)", new_threads)
     for tid, other in merges:
         db.execute("UPDATE messages SET thread_id = ? WHERE thread_id = ?", (tid, other))
         db.execute("UPDATE thread_ids SET thread_id = ? WHERE thread_id = ?", (tid, other))
