@@ -213,6 +213,21 @@ def start(args: list[str]) -> tuple[subprocess.Popen[str], int]:
             return proc, int(line.rsplit(":", 1)[1])
 
 
+async def add_users(data: Path) -> None:
+    """A handful of users with cheap argon2 hashes (the server's own store code)."""
+    from chmail.chserver.auth import HashCost, Hasher
+    from chmail.chserver.keys import ensure_data_dir
+    from chmail.chserver.store import ServerStore
+
+    store = await ServerStore.open(ensure_data_dir(data))
+    hasher = Hasher(HashCost(time_cost=1, memory_kib=64))
+    try:
+        for i in range(USERS):
+            await store.add_user(f"bench{i}", hasher.hash(PASSWORD), [f"bench{i}@bench"], 0)
+    finally:
+        await store.close()
+
+
 def pct(values: list[float], q: float) -> float:
     values = sorted(values)
     return values[min(len(values) - 1, int(q * len(values)))]
@@ -223,12 +238,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     clients = args.clients or max(0, limit - 300)
     data = Path(tempfile.mkdtemp(prefix="chbench-"))
     py = sys.executable
-    for i in range(USERS):
-        subprocess.run(
-            [py, "-m", "chmail.chserver", "user", "add", f"bench{i}", "--email",
-             f"bench{i}@example.org", "--password-stdin", "--data", str(data)],
-            input=PASSWORD + "\n", text=True, check=True, env=server_env(), capture_output=True,
-        )  # fmt: skip
+    await add_users(data)
     server, port = start([py, "-m", "chmail.chserver", "serve", "--data", str(data),
                           "--listen", "127.0.0.1:0"])  # fmt: skip
     echo, echo_port = start([py, __file__, "--echo-server"])
