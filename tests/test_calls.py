@@ -12,7 +12,7 @@ import pytest
 from chmail import headers
 from chmail import protocol as p
 from chmail.client.chat import AlarmEvent, CallEvent, RingEvent
-from chmail.client.chatsession import EndedEvent, Line
+from chmail.client.chatsession import EndedEvent, Line, ReadEvent, TypingEvent
 from chmail.errors import ChmailError
 from tests.chat_helpers import Client, chat_config, connect, next_event, until
 from tests.fixtures.chserver import ServerFactory
@@ -61,6 +61,11 @@ async def test_ring_accept_and_messages_both_ways(world: World) -> None:
     a.say("noon is fine")
     got = await next_event(b.events, Line, lambda ln: not ln.mine)
     assert (got.login, got.text) == ("alice", "noon is fine")
+    b.typing(True)
+    assert (await next_event(a.events, TypingEvent)).login == "bob"
+    b.mark_read(got.seq)
+    read = await next_event(a.events, ReadEvent)
+    assert (read.login, read.seq) == ("bob", got.seq)
 
 
 async def test_decline_tells_the_caller(world: World) -> None:
