@@ -227,10 +227,9 @@ class ImapBackend:
                 f"The IMAP server {self.host} refused the login for {self.user!r}: "
                 f"{_text(res.lines)}. Check the user name and password."
             )
+        # Capabilities may change after login (RFC 3501 6.2.3): ask again.
+        await self._guard(client.protocol.capability())
         self.capabilities = {c.upper() for c in client.protocol.capabilities}
-        if "CAPABILITY" not in " ".join(self.capabilities) or len(self.capabilities) < 3:
-            await self._guard(client.protocol.capability())
-            self.capabilities = {c.upper() for c in client.protocol.capabilities}
         if "CONDSTORE" in self.capabilities and "ENABLE" in self.capabilities:
             await self._guard(client.protocol.run("ENABLE", "CONDSTORE"))
         self._selected = None
