@@ -15,6 +15,8 @@ Rules:
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import sqlite3
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -89,6 +91,8 @@ def _message(r: Sequence[Any]) -> Message:
 
 class Cache(LocalChanges):
     """One client cache database. Open with ``await Cache.open(path)``; ``await close()``."""
+
+    _indexer: asyncio.Task[int] | None = None
 
     @classmethod
     async def open(cls, path: str | Path | None = None) -> Cache:
@@ -215,6 +219,17 @@ class Cache(LocalChanges):
         )
         cache_search.note_addresses_sync(db, msgs)
         db.commit()
+
+    def index_soon(self) -> None:
+        """Index new rows in the background (search() and close() wait for it)."""
+        if self._indexer is None or self._indexer.done():
+            self._indexer = asyncio.ensure_future(self.index_pending())
+
+    async def close(self) -> None:
+        if self._indexer is not None:
+            with contextlib.suppress(Exception):
+                await self._indexer
+        await super().close()
 
     async def index_pending(self, limit: int = 0) -> int:
         """Add rows stored since the last call to the search index; returns how many.

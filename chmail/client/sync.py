@@ -6,8 +6,9 @@ Rules:
   cached UID of the folder and the folder is fetched again; otherwise only UIDs the cache
   lacks are fetched, UIDs the server lost are dropped, and flags are refreshed (only what
   changed since HIGHESTMODSEQ when the server has CONDSTORE, RFC 7162).
-* Headers first: they are stored in batches while the next batch is on the wire; the
-  search index is filled right after. Bodies are fetched when a message is opened.
+* Headers first, in batches; the folder is usable as soon as they are stored, and the
+  search index is filled right after in the background (a search waits for it).
+  Bodies are fetched when a message is opened.
 * Local changes (flags, move, delete) are applied to the cache at once and queued in
   ``pending_ops``; they reach the server now if it is reachable, else at the next sync,
   and always before that sync reads flags (so the server cannot undo them).
@@ -149,7 +150,7 @@ class Syncer:
             uidnext=state.uidnext,
             highestmodseq=state.highestmodseq,
         )
-        await self.cache.index_pending()
+        self.cache.index_soon()  # search waits for it; the folder is usable now
         if res.new or res.removed or res.flags_changed or res.reset:
             self._changed(folder.id)
         return res
