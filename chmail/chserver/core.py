@@ -107,7 +107,6 @@ class Core:
 
     def install(self) -> None:
         s = self.server
-        s.register("hello", self.hello)
         s.register("auth", self.auth)
         s.register("alloc", self.alloc)
         s.register("presence", self.presence)
@@ -120,9 +119,6 @@ class Core:
 
         s.on_start(start)
         s.add_closer(self.writer.close)
-
-    async def hello(self, ctx: Context, msg: p.Hello) -> p.Message | None:
-        raise ValidationError("hello was already exchanged on this connection", code=p.E_INVALID)
 
     async def auth(self, ctx: Context, msg: p.Auth) -> p.Message | None:
         if ctx.login is not None:

@@ -30,13 +30,16 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from chmail import protocol as p
+from chmail.chserver.context import Context
 from chmail.chserver.ports import PortPool
 from chmail.chserver.registry import Registry
 from chmail.chserver.store import ServerStore
 from chmail.config import ServerConfig
-from chmail.errors import AuthError, ChmailError, LocalProtocolError, RemoteProtocolError
+from chmail.errors import ChmailError, RemoteProtocolError
 
 log = logging.getLogger(__name__)
+
+__all__ = ["ChServer", "Context", "Defer", "Handler", "Hook", "SyncHandler"]
 
 MAX_INFLIGHT = 64  # concurrent requests per connection; more get "rate_limited"
 AGENT = "chmail-server/1"
@@ -51,107 +54,6 @@ class Defer(Exception):
 
 Hook = Callable[["Context"], Awaitable[None]]
 LifeHook = Callable[[], Awaitable[None]]
-
-
-class Context:
-    """One client connection, as handlers see it."""
-
-    __slots__ = (
-        "_inflight",
-        "_link",
-        "auth_failures",
-        "authenticating",
-        "closed",
-        "conn",
-        "data",
-        "direct",
-        "host",
-        "id",
-        "last_rx",
-        "last_tx",
-        "login",
-        "peer_ip",
-        "server",
-        "transport",
-    )
-
-    def __init__(self, server: ChServer, transport: asyncio.Transport, conn_id: int) -> None:
-        self.server = server
-        self.transport = transport
-        self.id = conn_id
-        self.conn = p.Connection(p.Role.SERVER, max_frame=server.config.max_frame)
-        peer = transport.get_extra_info("peername")
-        self.peer_ip: str = str(peer[0]) if peer else ""
-        self.login: str | None = None  # set by a successful auth, never by a claim
-        self.host = ""  # the host the client advertised at auth
-        self.direct = False
-        self.closed = False
-        self.authenticating = False
-        self.auth_failures = 0
-        now = asyncio.get_running_loop().time()
-        self.last_rx = now
-        self.last_tx = now
-        self.data: dict[str, Any] = {}  # per-connection state of extensions
-        self._inflight = 0
-
-    @property
-    def authenticated(self) -> bool:
-        return self.login is not None
-
-    def require_login(self) -> str:
-        """The authenticated login; ``not_authenticated`` error for anything else (e.g. a
-        chat-session connection that joined a session but never logged in)."""
-        if self.login is None:
-            raise AuthError("log in first", code=p.E_NOT_AUTHENTICATED)
-        return self.login
-
-    def send(self, msg: p.Message) -> bool:
-        """Queue ``msg``; False when the connection is closed or was dropped as stalled."""
-        if self.closed or self.conn.state is p.State.CLOSED:
-            return False
-        try:
-            data = self.conn.send(msg)
-        except LocalProtocolError:
-            log.exception("conn %d: refusing to send %s", self.id, msg.t)
-            return False
-        return self._write(data)
-
-    def _write(self, data: bytes) -> bool:
-        self.transport.write(data)
-        self.last_tx = asyncio.get_running_loop().time()
-        if self.transport.get_write_buffer_size() > self.server.config.max_write_buffer:
-            log.info("conn %d (%s): not reading its data; dropped", self.id, self.login)
-            self.abort()
-            return False
-        return True
-
-    def fail(self, code: str, message: str) -> None:
-        """Send a connection-level ``error`` and close (the stream cannot go on)."""
-        if self.closed:
-            return
-        try:
-            self._write(
-                p.encode(p.Error(code=code, message=message), max_frame=p.DEFAULT_MAX_FRAME)
-            )
-        finally:
-            self.close_soon()
-
-    def close(self, reason: str = "") -> None:
-        """Say ``bye`` and close once the queued data is written."""
-        if self.closed:
-            return
-        self.send(p.Bye(reason=reason))
-        self.close_soon()
-
-    def close_soon(self) -> None:
-        self.conn.close()
-        self.closed = True
-        self.transport.close()
-
-    def abort(self) -> None:
-        self.conn.close()
-        self.closed = True
-        self.transport.abort()
 
 
 class _Link(asyncio.Protocol):

@@ -400,6 +400,9 @@ class ChLink:
                 await self._serve(reader)
             except (ChmailError, OSError, ConnectionError) as exc:
                 self.last_error = exc if isinstance(exc, ChmailError) else ConnectionLost(str(exc))
+            except Exception as exc:  # a bug must not leave a dead link looking alive
+                log.exception("CH link reader failed")
+                self.last_error = ConnectionLost(f"The CH link failed: {exc!r}.")
             await self._drop(ConnectionLost(f"The link to the CH server {self.address} dropped."))
             self._set_state(LinkState.DISCONNECTED)
             log.info("link to %s dropped (%s); reconnecting", self.address, self.last_error)
