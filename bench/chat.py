@@ -348,7 +348,7 @@ async def start_ch_server(tmp: Path) -> tuple[asyncio.subprocess.Process, int]:
     for login in ("alice", "bob"):
         await store.add_user(login, pw_hash, [f"{login}@example.org"], int(time.time()))
     await store.close()
-    low = 43000 + (os.getpid() % 200) * 50
+    low = 20000 + (os.getpid() % 200) * 50  # below the ephemeral range
     env = dict(os.environ)
     env.update(
         {

@@ -20,8 +20,9 @@ E = TypeVar("E")
 
 
 def port_range(n: int = 40) -> str:
-    """A range of ``n`` ports unlikely to be in use (chat sessions listen on them)."""
-    low = random.randrange(42000, 59000, n)
+    """A range of ``n`` ports unlikely to be in use (chat sessions listen on them): below
+    Linux's ephemeral range (32768-60999), where outgoing connections take their ports."""
+    low = random.randrange(20000, 32000, n)
     return f"{low}-{low + n - 1}"
 
 
