@@ -6,11 +6,17 @@ from __future__ import annotations
 import asyncio
 import email
 import email.policy
+import socket
 from email.header import decode_header, make_header
+from pathlib import Path
 
-from chmail.chserver.alarms import alarm_mail
+from chmail import migrate
+from chmail.chserver import chatstore
+from chmail.chserver.alarms import AlarmService, alarm_mail
 from chmail.chserver.chatstore import AlarmRow
 from chmail.client.chat import AlarmEvent
+from chmail.config import ServerConfig
+from chmail.devmail.smtp import DeliveryHandler, start_server
 from tests.chat_helpers import chat_config, connect, next_event
 from tests.fixtures.chserver import ServerFactory
 from tests.fixtures.mailstack import MailStack, MailUser
@@ -81,3 +87,46 @@ def test_alarm_mail_names_caller_and_subject_in_the_thread() -> None:
     assert parsed["In-Reply-To"] == "<m1@example.org>"
     assert parsed["Auto-Submitted"] == "auto-generated"
     assert "chmail chat '<m1@example.org>'" in parsed.get_content()
+
+
+async def test_alarm_mail_is_retried_until_the_smtp_server_takes_it(tmp_path: Path) -> None:
+    """An alarm mail refused because SMTP is down goes out once the SMTP server is back."""
+    db = await migrate.connect(tmp_path / "chserver.sqlite", "chserver")
+    with socket.socket() as s:  # a port where nothing listens yet
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    handler = DeliveryHandler(mail_root=tmp_path / "mail", keep=True)
+
+    async def emails(login: str) -> list[str]:
+        return [f"{login}@example.org"]
+
+    config = ServerConfig(smtp_host="127.0.0.1", smtp_port=port)
+    alarms = AlarmService(db, config, lambda login, msg: 0, emails)
+    alarms.retry_delays = (0.2, 0.2, 0.2, 0.2, 0.2)
+    smtp = None
+    try:
+        alarm_id = await alarms.raise_alarm(
+            login="alice",
+            caller="bob",
+            call_id=None,
+            subject="Hello",
+            message_id="<m@example.org>",
+            port=0,
+            mail=True,
+        )
+        async with asyncio.timeout(10):  # the first attempt failed (nobody listens)
+            while not (await chatstore.alarm_mail_status(db, alarm_id) or (0, ""))[1]:
+                await asyncio.sleep(0.02)
+        smtp = await start_server(handler, port=port)  # the SMTP server comes back
+        async with asyncio.timeout(10):
+            while not handler.received:
+                await asyncio.sleep(0.02)
+        mail = email.message_from_bytes(handler.received[0], policy=email.policy.default)
+        assert mail["Subject"] == "Missed chat: bob called you about “Hello”"
+        assert mail["To"] == "alice@example.org"
+    finally:
+        await alarms.close()
+        if smtp is not None:
+            smtp.close()
+            await smtp.wait_closed()
+        await db.close()

@@ -9,8 +9,9 @@ Rules:
   until the user acknowledges it (``alarms`` with ``ack``).
 * When the callee was offline, an alarm mail goes to the callee's address through the
   server's SMTP settings (``[server] smtp_host``, ``smtp_port``, ``smtp_from``), in the
-  thread of the mail the call was about. A mail that could not be sent is retried at the
-  next start; no SMTP host configured means no alarm mail.
+  thread of the mail the call was about. A mail the SMTP server did not take is tried
+  again after 30 s, 2 min, 10 min, 30 min and 1 h, and at the next start; no SMTP host
+  configured means no alarm mail.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ from chmail.config import ServerConfig
 
 log = logging.getLogger(__name__)
 
+# seconds before each new attempt at an alarm mail the SMTP server did not take
+RETRY_DELAYS: tuple[float, ...] = (30.0, 120.0, 600.0, 1800.0, 3600.0)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
 
 Push = Callable[[str, p.Message], int]
@@ -93,6 +96,7 @@ class AlarmService:
         self.push = push
         self.emails = emails
         self._tasks: set[asyncio.Task[None]] = set()
+        self.retry_delays = RETRY_DELAYS
 
     async def raise_alarm(
         self,
@@ -145,7 +149,7 @@ class AlarmService:
     async def count(self, login: str) -> int:
         return len(await chatstore.list_alarms(self.db, login))
 
-    async def send_mail(self, a: AlarmRow) -> bool:
+    async def send_mail(self, a: AlarmRow, attempt: int = 0) -> bool:
         cfg = self.config
         if not cfg.smtp_host:
             log.info("no smtp_host configured: alarm %d is not mailed", a.id)
@@ -170,10 +174,16 @@ class AlarmService:
         except (aiosmtplib.SMTPException, OSError) as exc:
             log.warning("alarm mail %d to %s failed: %s", a.id, a.login, exc)
             await chatstore.mark_alarm_mailed(self.db, a.id, now=None, error=str(exc)[:200])
+            if attempt < len(self.retry_delays):
+                self._spawn(self._retry(a, attempt))
             return False
         await chatstore.mark_alarm_mailed(self.db, a.id, now=time.time())
         log.info("alarm mail %d sent to %s", a.id, a.login)
         return True
+
+    async def _retry(self, a: AlarmRow, attempt: int) -> None:
+        await asyncio.sleep(self.retry_delays[attempt])  # back-off before the next attempt
+        await self.send_mail(a, attempt + 1)
 
     async def retry_unmailed(self) -> None:
         """At start: send the alarm mails a stopped server did not get out."""
@@ -186,5 +196,7 @@ class AlarmService:
         task.add_done_callback(self._tasks.discard)
 
     async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()  # unsent mails are retried at the next start
         if self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)

@@ -321,6 +321,17 @@ async def mark_alarm_mailed(
     await db.commit()
 
 
+async def alarm_mail_status(
+    db: aiosqlite.Connection, alarm_id: int
+) -> tuple[float | None, str] | None:
+    """``(mailed_at, mail_error)`` of an alarm, or None if there is no such alarm."""
+    async with db.execute(
+        "SELECT mailed_at, mail_error FROM alarms WHERE id = ?", (alarm_id,)
+    ) as cur:
+        row = await cur.fetchone()
+    return None if row is None else (row[0], str(row[1]))
+
+
 async def unmailed_alarms(db: aiosqlite.Connection) -> list[AlarmRow]:
     """Alarms whose mail has not gone out yet (retried at start)."""
     sql = f"SELECT {_ALARM_COLS} FROM alarms WHERE mailed_at IS NULL AND seen_at IS NULL"  # noqa: S608
