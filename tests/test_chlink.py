@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import socket
+from pathlib import Path
 
 import pytest
 
 from chmail import headers
 from chmail import protocol as p
+from chmail.chserver.app import build_server, hasher_for
 from chmail.client.chlink import ChLink, LinkState
+from chmail.config import ServerConfig
 from chmail.errors import AuthError, ConnectionLost, ServerError
-from tests.fixtures.chserver import RunningServer, ServerFactory
+from tests.fixtures.chserver import DEADLINE, TEST_SERVER_CONFIG, RunningServer, ServerFactory
 
 
 async def test_start_alloc_and_verify(chserver: RunningServer) -> None:
@@ -128,3 +132,40 @@ async def test_heartbeats_keep_link_alive(chserver_factory: ServerFactory) -> No
         await srv.wait_for(lambda: ctx.last_rx - start > 1.0)
         assert link.reconnects == 0
         assert srv.server.is_online("alice")
+
+
+async def test_background_start_connects_when_server_appears(tmp_path: Path) -> None:
+    """start(wait=False) keeps trying in the background until the server answers."""
+    with socket.socket() as sock:  # a port where nothing listens (yet)
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    link = ChLink("127.0.0.1", port, "alice", "pw-alice", backoff_initial=0.05, backoff_max=0.2)
+    await link.start(wait=False)
+    server = None
+    try:
+        async with asyncio.timeout(DEADLINE):
+            while link.last_error is None:
+                await asyncio.sleep(0.01)
+        assert link.state in (LinkState.CONNECTING, LinkState.DISCONNECTED)
+        config = ServerConfig(**TEST_SERVER_CONFIG)  # type: ignore[arg-type]
+        server = await build_server(config, tmp_path / "srv")
+        await server.store.add_user("alice", hasher_for(config).hash("pw-alice"), [], 0)
+        await server.start("127.0.0.1", port)
+        await link.wait_connected(timeout=DEADLINE)
+        assert link.reconnects == 0
+        assert await link.presence(["alice"]) == {"alice": True}
+    finally:
+        await link.close()
+        if server is not None:
+            await server.stop()
+
+
+async def test_failed_start_may_be_retried(chserver: RunningServer) -> None:
+    """After a failed start() the same link can start again once the password is right."""
+    link = ChLink(chserver.host, chserver.port, "alice", "pw-alice-secret")
+    with pytest.raises(AuthError):
+        await link.start()
+    assert link.state is LinkState.IDLE
+    await chserver.add_user("alice")
+    async with link:
+        assert link.state is LinkState.CONNECTED

@@ -173,16 +173,24 @@ class ChLink:
 
     # ------------------------------------------------------------------ life
 
-    async def start(self) -> None:
-        """Connect and log in once (errors raise), then stay connected in the background."""
+    async def start(self, *, wait: bool = True) -> None:
+        """Connect and log in, then stay connected in the background.
+
+        With ``wait`` (the default) the first attempt's failure raises AuthError or
+        ConnectionLost and the link stays idle (``start`` may be called again). With
+        ``wait=False`` it returns at once and keeps trying in the background, as after a
+        drop; watch ``state`` / ``last_error``.
+        """
         if self.state is not LinkState.IDLE:
             raise ChmailError("This CH link was already started.")
         self._set_state(LinkState.CONNECTING)
-        try:
-            reader = await self._connect()
-        except BaseException:
-            self._set_state(LinkState.CLOSED)
-            raise
+        reader: asyncio.StreamReader | None = None
+        if wait:
+            try:
+                reader = await self._connect()
+            except BaseException:
+                self._set_state(LinkState.IDLE)
+                raise
         self._supervisor = asyncio.get_running_loop().create_task(self._supervise(reader))
 
     # A timeout argument (not asyncio.timeout around the call) because the wait is part
@@ -345,6 +353,11 @@ class ChLink:
             raise ConnectionLost(
                 f"The CH server {self.address} did not complete the login in time."
             ) from None
+        except OSError as exc:
+            writer.close()
+            raise ConnectionLost(
+                f"The connection to the CH server {self.address} failed during login: {exc}."
+            ) from exc
         except BaseException:
             writer.close()
             raise
@@ -393,22 +406,29 @@ class ChLink:
                 continue
             # anything else before auth_ok is a push we cannot have asked for yet: ignore
 
-    async def _supervise(self, reader: asyncio.StreamReader) -> None:
+    async def _supervise(self, reader: asyncio.StreamReader | None) -> None:
         delay = self.backoff_initial
+        first = reader is None  # start(wait=False): no wait before the first attempt
+        had_link = not first
         while True:
-            try:
-                await self._serve(reader)
-            except (ChmailError, OSError, ConnectionError) as exc:
-                self.last_error = exc if isinstance(exc, ChmailError) else ConnectionLost(str(exc))
-            except Exception as exc:  # a bug must not leave a dead link looking alive
-                log.exception("CH link reader failed")
-                self.last_error = ConnectionLost(f"The CH link failed: {exc!r}.")
-            await self._drop(ConnectionLost(f"The link to the CH server {self.address} dropped."))
-            self._set_state(LinkState.DISCONNECTED)
-            log.info("link to %s dropped (%s); reconnecting", self.address, self.last_error)
+            if reader is not None:
+                try:
+                    await self._serve(reader)
+                except (ChmailError, OSError, ConnectionError) as exc:
+                    lost = ConnectionLost(str(exc))
+                    self.last_error = exc if isinstance(exc, ChmailError) else lost
+                except Exception as exc:  # a bug must not leave a dead link looking alive
+                    log.exception("CH link reader failed")
+                    self.last_error = ConnectionLost(f"The CH link failed: {exc!r}.")
+                why = ConnectionLost(f"The link to the CH server {self.address} dropped.")
+                await self._drop(why)
+                self._set_state(LinkState.DISCONNECTED)
+                log.info("link to %s dropped (%s); reconnecting", self.address, self.last_error)
             while True:
-                await asyncio.sleep(delay * random.uniform(0.5, 1.0))
-                delay = min(delay * 2, self.backoff_max)
+                if not first:
+                    await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+                    delay = min(delay * 2, self.backoff_max)
+                first = False
                 self._set_state(LinkState.CONNECTING)
                 try:
                     reader = await self._connect()
@@ -416,7 +436,9 @@ class ChLink:
                     self.last_error = exc
                     self._set_state(LinkState.DISCONNECTED)
                     continue
-                self.reconnects += 1
+                if had_link:
+                    self.reconnects += 1
+                had_link = True
                 delay = self.backoff_initial
                 break
 
