@@ -6,6 +6,7 @@ incoming rings pop up over whatever screen is showing, with a bell.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from pathlib import Path
 from typing import ClassVar
@@ -16,6 +17,7 @@ from textual.timer import Timer
 
 from chmail.client.tui import chat_actions
 from chmail.client.tui.api import AlarmItem, ChatApi, ChatLine, MailApi, Ring
+from chmail.client.tui.first_view import first_view
 from chmail.client.tui.keymap import KeyRow, check_keymap, key_table
 from chmail.client.tui.screens.help import HelpScreen
 from chmail.client.tui.screens.main import MainScreen
@@ -24,6 +26,8 @@ from chmail.config import Config
 from chmail.errors import ChmailError
 
 log = logging.getLogger(__name__)
+
+FIRST_VIEW_WAIT_S = 0.5  # a slow cache never holds the screen back longer than this
 
 
 class ChmailApp(App[None]):
@@ -52,10 +56,14 @@ class ChmailApp(App[None]):
         self._last_mail_error = ""
         self.startup_notes: list[str] = []
 
-    def on_mount(self) -> None:
+    async def on_mount(self) -> None:
         keys = dict(self.config.ui.keys)
         check_keymap(keys, {r.id for r in self.key_rows({})})
         self.set_keymap(keys)
+        # Read the first folder before building the screen (a few ms from the cache, while
+        # the loop is idle), so the very first frame already shows its rows.
+        self.first_view = asyncio.ensure_future(first_view(self.mail, self.config))
+        await asyncio.wait([self.first_view], timeout=FIRST_VIEW_WAIT_S)
         self.push_screen(MainScreen())
 
     def main_ready(self) -> None:

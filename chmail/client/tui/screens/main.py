@@ -22,6 +22,7 @@ from textual.widgets import Footer, Input
 
 from chmail.client.cache_models import SEEN, Message
 from chmail.client.tui import chat_actions, compose_actions
+from chmail.client.tui.first_view import FirstView
 from chmail.client.tui.mailview import MailView, parse
 from chmail.client.tui.screens.pick_folder import PickFolderScreen
 from chmail.client.tui.screens.raw import RawScreen
@@ -72,6 +73,7 @@ class MainScreen(Screen[None]):
         self.opened: Message | None = None
         self.view: MailView | None = None
         self.presence: set[str] = set()
+        self._first_done = False
 
     @property
     def capp(self) -> ChmailApp:
@@ -97,6 +99,10 @@ class MainScreen(Screen[None]):
         self.query_one("#search", Input).display = False
         self.query_one(Reader).clear("Select a mail and press Enter to read it.")
         self.query_one(MessageList).focus()
+        first = self.capp.first_view
+        if first.done() and first.exception() is None and (view := first.result()) is not None:
+            self._first_done = True
+            self._apply_first(view)
         self.load_folders()
         self.capp.main_ready()
 
@@ -114,6 +120,11 @@ class MainScreen(Screen[None]):
     async def load_folders(self) -> None:
         tree = self.query_one(FolderTree)
         mail = self.capp.mail
+        if self.folder is None and not self._first_done:
+            self._first_done = True
+            view = await self.capp.first_view
+            if view is not None:
+                self._apply_first(view)
         for account in mail.account_names():
             try:
                 folders = await mail.folders(account)
@@ -125,6 +136,14 @@ class MainScreen(Screen[None]):
                 inbox = next((f for f in folders if f.name.upper() == "INBOX"), folders[0])
                 self.open_folder(FolderRef(account, inbox.name))
                 tree.select_ref(FolderRef(account, inbox.name))
+
+    def _apply_first(self, view: FirstView) -> None:
+        tree = self.query_one(FolderTree)
+        tree.set_folders(view.account, view.folders)
+        self.folder = FolderRef(view.account, view.folder)
+        tree.select_ref(self.folder)
+        self.msg_list.show_loaded(view.source, view.total, view.rows)
+        self.msg_list.border_title = f"{view.account} / {view.folder}  ({self.sort})"
 
     def open_folder(self, ref: FolderRef) -> None:
         self.folder = ref

@@ -132,6 +132,8 @@ class MessageList(ScrollView, can_focus=True):
         self._pages: OrderedDict[int, Sequence[Message]] = OrderedDict()
         self._pending: set[int] = set()
         self._generation = 0
+        self._style_cache: dict[str, Style] | None = None
+        self._style_key: tuple[object, ...] = ()
 
     # ------------------------------------------------------------------ data
 
@@ -142,6 +144,19 @@ class MessageList(ScrollView, can_focus=True):
         self._pending.clear()
         keep = self.cursor if keep_cursor else 0
         self.run_worker(self._load_count(self._generation, keep), group="list-count")
+
+    def show_loaded(self, source: RowSource, total: int, first_page: Sequence[Message]) -> None:
+        """Show ``source`` whose count and first page were read already (first paint)."""
+        self.source = source
+        self._generation += 1
+        self._pending.clear()
+        self._pages.clear()
+        self._pages[0] = first_page
+        self.total = total
+        self.virtual_size = Size(self.size.width, total)
+        self.cursor = 0
+        self.refresh()
+        self.post_message(self.Loaded(total))
 
     async def _load_count(self, gen: int, cursor: int) -> None:
         assert self.source is not None
@@ -211,42 +226,59 @@ class MessageList(ScrollView, can_focus=True):
 
     # ------------------------------------------------------------------ drawing
 
+    def _styles(self) -> dict[str, Style]:
+        """The row styles, computed once per style change (not once per line)."""
+        key = (self.has_focus, self.app.theme)
+        if self._style_cache is None or self._style_key != key:
+            base = self.rich_style
+            self._style_cache = {"base": base}
+            for name in ("placeholder", "unread", "chat", "online", "flag"):
+                part = self.get_component_rich_style(f"message-list--{name}")
+                self._style_cache[name] = base + part
+            self._style_cache["cursor"] = self.get_component_rich_style("message-list--cursor")
+            self._style_key = key
+        return self._style_cache
+
+    def notify_style_update(self) -> None:
+        self._style_cache = None
+        super().notify_style_update()
+
     def on_resize(self) -> None:
         self.virtual_size = Size(self.size.width, self.total)
 
     def render_line(self, y: int) -> Strip:
         width = self.scrollable_content_region.width
         index = self.scroll_offset.y + y
-        base = self.rich_style
+        st = self._styles()
+        base = st["base"]
         if index >= self.total:
             if self.total == 0 and y == 0 and self.source is not None:
                 return Strip([Segment(self.empty_text.ljust(width)[:width], base)], width)
             return Strip.blank(width, base)
         msg = self.row(index)
         if msg is None:
-            style = base + self.get_component_rich_style("message-list--placeholder")
+            style = st["placeholder"]
             return Strip([Segment("…".ljust(width), style)], width)
         segments = self._row_segments(msg, width)
         if index == self.cursor:
-            cur = self.get_component_rich_style("message-list--cursor")
+            cur = st["cursor"]
             segments = [Segment(t, (s or Style()) + cur) for t, s, _ in segments]
         return Strip(segments, width).crop_extend(0, width, base)
 
     def _row_segments(self, msg: Message, width: int) -> list[Segment]:
-        base = self.rich_style
+        st = self._styles()
+        base = st["base"]
         unread = SEEN not in msg.flags
-        text_style = base + (
-            self.get_component_rich_style("message-list--unread") if unread else Style()
-        )
+        text_style = st["unread"] if unread else base
         flag = "★" if FLAGGED in msg.flags else " "
         new = "●" if unread else " "
         login = ch_login(msg) if msg.has_ch else ""
         if login and login in self.presence.online:
-            chat, chat_style = "◉", self.get_component_rich_style("message-list--online")
+            chat, chat_style = "◉", st["online"]
         elif msg.has_ch:
-            chat, chat_style = "◌", self.get_component_rich_style("message-list--chat")
+            chat, chat_style = "◌", st["chat"]
         else:
-            chat, chat_style = " ", Style()
+            chat, chat_style = " ", base
         date = fmt_date(msg.date).rjust(10)
         sender_w = max(8, min(24, width // 4))
         sender = set_cell_size((msg.sender or "(unknown)")[: sender_w * 2], sender_w - 1) + " "
@@ -256,8 +288,8 @@ class MessageList(ScrollView, can_focus=True):
         subject = set_cell_size(indent + (msg.subject or "(no subject)"), max(0, width - used))
         return [
             Segment(new, text_style),
-            Segment(flag, base + self.get_component_rich_style("message-list--flag")),
-            Segment(chat, base + chat_style),
+            Segment(flag, st["flag"]),
+            Segment(chat, chat_style),
             Segment(" ", base),
             Segment(sender, text_style),
             Segment(" ", base),
@@ -283,9 +315,9 @@ class MessageList(ScrollView, can_focus=True):
         top = self.scroll_offset.y
         height = max(1, self.size.height)
         if self.cursor < top:
-            self.scroll_to(y=self.cursor, animate=False, immediate=True)
+            self.scroll_to(y=self.cursor, animate=False)
         elif self.cursor >= top + height:
-            self.scroll_to(y=self.cursor - height + 1, animate=False, immediate=True)
+            self.scroll_to(y=self.cursor - height + 1, animate=False)
 
     def _move(self, delta: int) -> None:
         if self.total:
