@@ -214,3 +214,24 @@ async def test_thread_reuse_and_recycling(chserver_factory: ServerFactory) -> No
 def msgpack_frame(obj: object) -> bytes:
     body = msgpack.packb(obj, use_bin_type=True)
     return struct.pack(">I", len(body)) + body
+
+
+async def test_password_guessing_from_one_address_is_throttled(chserver: RunningServer) -> None:
+    """After 20 failed logins from one address within a minute, logins there are refused."""
+    pw = await chserver.add_user("alice")
+    failures = 0
+    while failures < 20:
+        client = await chserver.raw()
+        for _ in range(3):
+            if failures == 20:
+                break
+            reply = await client.auth("alice", f"guess{failures}")
+            assert isinstance(reply, p.Error)
+            assert reply.code == p.E_AUTH_FAILED
+            failures += 1
+    client = await chserver.raw()
+    reply = await client.auth("alice", pw)
+    assert isinstance(reply, p.Error)
+    assert reply.code == p.E_RATE_LIMITED
+    other = await chserver.raw(None, local_addr=("127.0.0.2", 0))
+    assert isinstance(await other.auth("alice", pw), p.AuthOk)

@@ -4,8 +4,9 @@ Rules:
 
 * ``auth``: the login must match the login rule (said in the error); the password is
   checked with argon2 in a worker thread; a wrong password and an unknown login get the
-  same ``auth_failed`` answer and cost the same time; three failures close the link. A
-  connection authenticates once.
+  same ``auth_failed`` answer and cost the same time; three failures close the link; an
+  address with 20 failures in a minute gets ``rate_limited`` until the minute has passed.
+  A connection authenticates once.
 * ``alloc``: Message-ID, recipients, thread ids and context are validated; the host in
   the link is the server's public name, or the client's advertised host when it logged
   in with ``direct``. The signed lease is answered at once and written to table 2 by
@@ -16,6 +17,7 @@ Rules:
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import re
 import time
@@ -30,7 +32,9 @@ from chmail.errors import HeaderError, ValidationError
 
 log = logging.getLogger(__name__)
 
-MAX_AUTH_FAILURES = 3
+MAX_AUTH_FAILURES = 3  # per connection, then it is closed
+IP_FAILURES = 20  # failed logins from one address within IP_WINDOW ...
+IP_WINDOW = 60.0  # ... after which that address gets rate_limited until the window clears
 MAX_RECIPIENTS = 1000
 MAX_THREAD = 200
 MAX_PRESENCE = 1000
@@ -104,6 +108,7 @@ class Core:
         self.server = server
         self.hasher = hasher
         self.writer = LeaseWriter(server.store)
+        self._failures: dict[str, collections.deque[float]] = {}
 
     def install(self) -> None:
         s = self.server
@@ -137,6 +142,10 @@ class Core:
                 raise ValidationError(f"advertised host: {exc.message}", code=p.E_INVALID) from None
         elif msg.direct:
             raise ValidationError("direct mode needs an advertised host", code=p.E_INVALID)
+        if self._throttled(ctx.peer_ip):
+            raise ValidationError(
+                "too many failed logins from this address; wait a minute", code=p.E_RATE_LIMITED
+            )
         ctx.authenticating = True
         try:
             stored = await self.server.store.get_hash(login)
@@ -145,6 +154,7 @@ class Core:
             ctx.authenticating = False
         if not ok or ctx.closed:
             ctx.auth_failures += 1
+            self._failures.setdefault(ctx.peer_ip, collections.deque()).append(time.monotonic())
             log.info("conn %d: failed login as %s from %s", ctx.id, login, ctx.peer_ip)
             err = p.Error(
                 code=p.E_AUTH_FAILED,
@@ -178,6 +188,19 @@ class Core:
             except Exception:
                 log.exception("auth hook failed")
         return None
+
+    def _throttled(self, ip: str) -> bool:
+        """Has ``ip`` failed IP_FAILURES logins within the last IP_WINDOW seconds?"""
+        recent = self._failures.get(ip)
+        if recent is None:
+            return False
+        cutoff = time.monotonic() - IP_WINDOW
+        while recent and recent[0] < cutoff:
+            recent.popleft()
+        if not recent:
+            del self._failures[ip]
+            return False
+        return len(recent) >= IP_FAILURES
 
     async def alloc(self, ctx: Context, msg: p.Alloc) -> p.Message | None:
         """The slow path: reserve the next block of lease numbers on disk first."""
