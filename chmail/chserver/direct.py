@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 
 DIRECT_ANSWER_TIMEOUT = 3.0  # the callee's client must say whether it hosts by then
 PROBE_TIMEOUT = 1.0
+RELAY_ATTEMPTS = 40  # x RELAY_RETRY: how long the fallback waits for the port to be free
+RELAY_RETRY = 0.05
 
 
 async def place_direct(calls: CallService, call: ActiveCall, host: str) -> None:
@@ -61,10 +63,17 @@ async def place_direct(calls: CallService, call: ActiveCall, host: str) -> None:
         return
     log.info("call %d: direct host %s:%d not usable; relaying", call.id, host, s.port)
     seam.push(call.callee, p.HostChat(call=call.id, session=s.id, port=s.port, stop=True))
-    try:
-        await calls.hub.relay(s, seam.public_host)
-    except OSError as exc:
-        log.error("call %d: relay fallback failed: %s", call.id, exc)
+    # The client may still hold the port (on the same machine, or listening on every
+    # interface) until it has read ``stop``: try again for a little while.
+    for attempt in range(RELAY_ATTEMPTS):
+        try:
+            await calls.hub.relay(s, seam.public_host)
+            break
+        except OSError as exc:
+            if attempt == RELAY_ATTEMPTS - 1:
+                log.error("call %d: relay fallback failed: %s", call.id, exc)
+            else:
+                await asyncio.sleep(RELAY_RETRY)
     call.placement.set_result(seam.public_host)
 
 

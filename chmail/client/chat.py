@@ -22,8 +22,10 @@ import asyncio
 import contextlib
 import email.parser
 import email.policy
+import errno
 import functools
 import logging
+import socket
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -306,6 +308,19 @@ class ChatEngine:
             return
         self._spawn(self._host(msg))
 
+    async def _listen(self, session: ChatSession) -> None:
+        """Listen on ``direct_bind``, else on the advertised host's address when it is one
+        of this machine's, else (behind NAT, say) on every interface."""
+        if self.direct_bind:
+            await session.listen(self.direct_bind)
+            return
+        try:
+            await session.listen(self.direct_host)
+        except OSError as exc:
+            if not isinstance(exc, socket.gaierror) and exc.errno != errno.EADDRNOTAVAIL:
+                raise
+            await session.listen("")
+
     def _hosted_ended(self, call: int, _session: ChatSession, reason: str, _by: str) -> None:
         """A chat we host ended here: tell the CH server (it does not see direct chats)."""
         self.hosted.pop(call, None)
@@ -332,7 +347,7 @@ class ChatEngine:
                     secret=bytes.fromhex(msg.secret),
                     backend=MemoryBackend(),
                 )
-                await session.listen(self.direct_bind or self.direct_host)
+                await self._listen(session)
                 self.hosted[msg.call] = session
                 session.on_end.append(functools.partial(self._hosted_ended, msg.call))
                 ok = True
