@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 MAX_AUTH_FAILURES = 3  # per connection, then it is closed
 IP_FAILURES = 20  # failed logins from one address within IP_WINDOW ...
 IP_WINDOW = 60.0  # ... after which that address gets rate_limited until the window clears
+MAX_TRACKED_IPS = 10_000
 MAX_RECIPIENTS = 1000
 MAX_THREAD = 200
 MAX_PRESENCE = 1000
@@ -155,6 +156,9 @@ class Core:
         if not ok or ctx.closed:
             ctx.auth_failures += 1
             self._failures.setdefault(ctx.peer_ip, collections.deque()).append(time.monotonic())
+            if len(self._failures) > MAX_TRACKED_IPS:  # many addresses: forget the quiet ones
+                for ip in list(self._failures):
+                    self._throttled(ip)
             log.info("conn %d: failed login as %s from %s", ctx.id, login, ctx.peer_ip)
             err = p.Error(
                 code=p.E_AUTH_FAILED,
