@@ -216,13 +216,13 @@ class ImapBackend:
             pw = self._password if isinstance(self._password, str) else await self._password()
             res = await self._guard(client.login(quote(self.user), pw))
         except (OSError, TimeoutError, ssl.SSLError, _aio.AioImapException) as exc:
-            self._client = None
+            await self._drop(client)
             raise ConnectionLost(
                 f"Cannot connect to the IMAP server {self.host}:{self.port}: "
                 f"{exc or type(exc).__name__}."
             ) from exc
         if res.result != "OK":
-            self._client = None
+            await self._drop(client)
             raise AuthError(
                 f"The IMAP server {self.host} refused the login for {self.user!r}: "
                 f"{_text(res.lines)}. Check the user name and password."
@@ -290,11 +290,21 @@ class ImapBackend:
                 f"The IMAP server {self.host} stopped answering ({type(exc).__name__})."
             ) from exc
 
-    async def _drop(self) -> None:
-        client, self._client = self._client, None
+    async def _drop(self, client: FastIMAP4 | None = None) -> None:
+        """Forget the connection and close its socket (also a half-made one)."""
+        client = client or self._client
+        self._client = None
         self._selected = None
-        if client is not None and client.protocol.transport is not None:
+        if client is None:
+            return
+        if client.protocol.transport is not None:
             client.protocol.transport.close()
+        task = getattr(client, "_client_task", None)
+        if task is not None and not task.done():
+            task.cancel()  # a connection still being made
+        elif task is not None and not task.cancelled() and task.exception() is None:
+            transport, _ = task.result()
+            transport.close()
 
     async def _cmd(self, coro_fn: Any, *args: Any, ok: bool = True, **kw: Any) -> Any:
         if not self.connected:
