@@ -193,6 +193,9 @@ class Cache(LocalChanges):
                 raise StoreError(
                     f"The mail cache {self.path} could not be written: {exc}."
                 ) from exc
+            except BaseException:
+                await self.conn.rollback()
+                raise
         return len(msgs)
 
     def _add_sync(self, folder_id: int, msgs: Sequence[NewMessage], uidvalidity: int) -> None:
