@@ -129,6 +129,9 @@ class SessionConn(asyncio.Protocol):
                 if self.transport is None or self.transport.is_closing():
                     break
         except RemoteProtocolError as exc:
+            if says:  # the well-formed messages before the broken frame still count
+                self.session.say_many(self, says)
+                says = []
             self.write(p.encode(p.Error(code=exc.code, message=exc.message)))
             self.close()
         if says and self.transport is not None and not self.transport.is_closing():
