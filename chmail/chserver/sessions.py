@@ -140,9 +140,10 @@ class ChatSession:
         self.end_reason = ""
         self.server: asyncio.Server | None = None
         self.on_end: list[Callable[[ChatSession, str, str], None]] = []
-        # Messages assigned a seq and pushed, not yet committed: who waits for ``said``.
-        self._unstored: dict[tuple[str, str], list[tuple[SessionConn, int]]] = {}
+        # Messages given a seq and pushed, not yet committed, and who waits for an ack
+        # (connection, request id, seq, cid) -- a resend of one of them adds a waiter.
         self._batch: list[StoredMessage] = []
+        self._acks: list[tuple[SessionConn, int, int, str]] = []
         self._dirty: set[SessionConn] = set()
         self._flush_soon = False
         self._loop = asyncio.get_running_loop()
@@ -316,7 +317,7 @@ class ChatSession:
         The hot path: new messages get their seqs, are pushed to the other members as one
         write each, and wait for the next commit; anything unusual goes through ``say``.
         """
-        login, by_cid, unstored = conn.login, self.by_cid, self._unstored
+        login, by_cid, acks = conn.login, self.by_cid, self._acks
         messages, batch, max_text = self.messages, self._batch, self.max_text
         seq, now, frames = self.next_seq, time.time(), []
         for rid, cid, text in items:
@@ -330,13 +331,13 @@ class ChatSession:
             ):
                 self.next_seq = seq
                 self.say(conn, rid, cid, text)
-                seq, batch = self.next_seq, self._batch  # say() may have flushed
+                seq, batch, acks = self.next_seq, self._batch, self._acks  # may have flushed
                 continue
             m = StoredMessage(seq, login, cid, text, now)
-            seq += 1
             messages.append(m)
-            by_cid[key] = m.seq
-            unstored[key] = [(conn, rid)]
+            by_cid[key] = seq
+            acks.append((conn, rid, seq, cid))
+            seq += 1
             if not batch:
                 self._loop.call_soon(self._flush)
             batch.append(m)
@@ -373,17 +374,16 @@ class ChatSession:
         key = (conn.login, cid)
         seq = self.by_cid.get(key)
         if seq is not None:  # a resend
-            waiting = self._unstored.get(key)
-            if waiting is None:
-                conn.queue(said_frame(rid, seq, cid))
+            if self._batch and seq >= self._batch[0].seq:  # not committed yet: ack with it
+                self._acks.append((conn, rid, seq, cid))
             else:
-                waiting.append((conn, rid))
+                conn.queue(said_frame(rid, seq, cid))
             return
         m = StoredMessage(self.next_seq, conn.login, cid, text, time.time())
         self.next_seq += 1
         self.messages.append(m)
         self.by_cid[key] = m.seq
-        self._unstored[key] = [(conn, rid)]
+        self._acks.append((conn, rid, m.seq, cid))
         self._batch.append(m)
         self.last_active = m.ts
         if len(self._batch) == 1:
@@ -397,28 +397,29 @@ class ChatSession:
 
     def _flush(self) -> None:
         batch, self._batch = self._batch, []
+        acks, self._acks = self._acks, []
         if batch:
             sid = self.id
-            rows = [(sid, *m) for m in batch]
-            self._stored(batch, self.backend.persist(rows))
+            self._stored(batch, acks, self.backend.persist([(sid, *m) for m in batch]))
 
-    def _stored(self, batch: list[StoredMessage], err: BaseException | None) -> None:
+    def _stored(
+        self,
+        batch: list[StoredMessage],
+        acks: list[tuple[SessionConn, int, int, str]],
+        err: BaseException | None,
+    ) -> None:
         """A batch is committed: acknowledge each message to whoever sent it."""
-        unstored = self._unstored
         if err is None:
-            acks: dict[SessionConn, tuple[list[int], list[int], list[str]]] = {}
-            for m in batch:
-                for c, rid in unstored.pop((m.sender, m.cid), ()):
-                    ids, seqs, cids = acks.get(c) or acks.setdefault(c, ([], [], []))
-                    ids.append(rid)
-                    seqs.append(m.seq)
-                    cids.append(m.cid)
-            for c, (ids, seqs, cids) in acks.items():
+            per_conn: dict[SessionConn, tuple[list[int], list[int], list[str]]] = {}
+            for c, rid, seq, cid in acks:
+                ids, seqs, cids = per_conn.get(c) or per_conn.setdefault(c, ([], [], []))
+                ids.append(rid)
+                seqs.append(seq)
+                cids.append(cid)
+            for c, (ids, seqs, cids) in per_conn.items():
                 c.queue(said_many_frame(ids, seqs, cids))
-            self.flush_out()
-            return
-        for m in batch:  # not stored: the senders resend (the same cid is welcome again)
-            for c, rid in unstored.pop((m.sender, m.cid), ()):
+        else:  # not stored: the senders resend (the same cid is welcome again)
+            for c, rid, _, _ in acks:
                 c.send(
                     p.Error(
                         code=p.E_INTERNAL,
@@ -426,7 +427,8 @@ class ChatSession:
                         message="the message could not be stored; send it again",
                     )
                 )
-            self.by_cid.pop((m.sender, m.cid), None)
+            for m in batch:
+                self.by_cid.pop((m.sender, m.cid), None)
         self.flush_out()
 
     def _read(self, conn: SessionConn, msg: p.Read) -> None:
