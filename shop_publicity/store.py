@@ -34,9 +34,11 @@ class Store(SendingStore):
             await asyncio.to_thread(folder.mkdir, parents=True, exist_ok=True)
         except OSError as exc:
             raise StoreError(f"Cannot create the data folder {folder}: {exc.strerror}.") from exc
-        return cls(await migrate.connect(folder / "shop.sqlite3", "shop"))
+        path = folder / "shop.sqlite3"
+        return cls(await migrate.connect(path, "shop"), path)
 
     async def close(self) -> None:
+        await self.close_writer()
         await self.conn.close()
 
     async def _all(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
