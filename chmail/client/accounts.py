@@ -97,8 +97,7 @@ class Account:
         return self.config.name
 
     async def sync(self, progress: object = None) -> None:
-        if self.pop3 is not None:
-            await self.pop3.fetch()
+        """POP3 download (if any) and a full sync of the local view."""
         await self.syncer.sync_all(progress)  # type: ignore[arg-type]
 
     async def close(self) -> None:
@@ -127,4 +126,7 @@ async def open_account(acc: AccountConfig, cache: Cache, *, watcher: bool = True
             keep=acc.pop3_keep,
             ssl_context=ssl_context(ep) if ep.security != "plain" else None,
         )
+    if pop is not None:
+        syncer.fetch_first = pop.fetch  # every sync (and run()'s periodic one) downloads first
+        syncer.interval = 60.0
     return Account(acc, cache, backend, syncer, pop)

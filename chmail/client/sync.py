@@ -24,7 +24,7 @@ import contextlib
 import json
 import logging
 import random
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
 from chmail.client import mime
@@ -62,6 +62,7 @@ class Syncer:
         interval: float = 300.0,
         idle_seconds: float = 25 * 60,  # RFC 2177: re-issue IDLE at least every 29 minutes
         backoff_max: float = 60.0,
+        fetch_first: Callable[[], Awaitable[object]] | None = None,
     ) -> None:
         self.cache = cache
         self.backend = backend
@@ -70,6 +71,7 @@ class Syncer:
         self.interval = interval
         self.idle_seconds = idle_seconds
         self.backoff_max = backoff_max
+        self.fetch_first = fetch_first  # e.g. a POP3 download into the Maildir synced here
         self.online = False
         self.status = "not connected"
         self._listeners: list[Listener] = []
@@ -105,6 +107,8 @@ class Syncer:
         return await self.cache.folders(self.account)
 
     async def sync_all(self, progress: Progress | None = None) -> list[SyncResult]:
+        if self.fetch_first is not None:
+            await self.fetch_first()
         folders = await self.sync_folders()
         await self.push_pending()
         out = []
