@@ -106,7 +106,7 @@ def decode_header(value: bytes | str) -> str:
     return raw.decode("utf-8", "replace").replace("\t", " ").strip()
 
 
-_HEADER_LINE = re.compile(rb"^([!-9;-~]+)[ \t]*:[ \t]*(.*(?:\r?\n[ \t].*)*)", re.M)
+_HEADER_LINE = re.compile(rb"^([!-9;-~]+)[ \t]*:[ \t]*([^\r\n]*(?:\r?\n[ \t][^\r\n]*)*)", re.M)
 _BLANK_LINE = re.compile(rb"\r?\n\r?\n")
 
 
@@ -161,22 +161,26 @@ _DATE = re.compile(
 )
 
 
+@functools.lru_cache(maxsize=4096)
+def _midnight(year: str, mon: int, day: str) -> int | None:
+    """Unix seconds of 00:00 UTC of a day (mail clusters by day: this is mostly a hit)."""
+    try:
+        return calendar.timegm((int(year), mon, int(day), 0, 0, 0, 0, 0, 0))
+    except (ValueError, OverflowError):
+        return None
+
+
 def parse_date(value: str) -> int:
     """Unix seconds of an RFC 5322 date, 0 if unreadable."""
     m = _DATE.match(value)
     if m is not None:
-        mon = _MONTHS.get(m.group(2).lower())
-        if mon is not None:
-            try:
-                secs = calendar.timegm(
-                    (int(m.group(3)), mon, int(m.group(1)), int(m.group(4)),
-                     int(m.group(5)), int(m.group(6) or 0), 0, 0, 0)
-                )  # fmt: skip
-            except (ValueError, OverflowError):
-                secs = None
-            if secs is not None:
-                off = int(m.group(8)) * 3600 + int(m.group(9)) * 60
-                return secs - off if m.group(7) == "+" else secs + off
+        day, mname, year, hh, mm, ss, sign, oh, om = m.groups()
+        mon = _MONTHS.get(mname.lower())
+        base = _midnight(year, mon, day) if mon is not None else None
+        if base is not None and int(hh) < 24 and int(mm) < 60:
+            secs = base + int(hh) * 3600 + int(mm) * 60 + int(ss or 0)
+            off = int(oh) * 3600 + int(om) * 60
+            return secs - off if sign == "+" else secs + off
     try:
         parsed = email.utils.parsedate_tz(value)
         if parsed is None:
@@ -219,14 +223,16 @@ def new_message(
         cut = block.find(b"\n\n", 1)
     if 0 < cut < len(block) - 3:  # a body follows: only the head counts
         block = block[: cut + 1]
-    fields: dict[bytes, bytes] = {}
+    pairs = _HEADER_LINE.findall(block)
+    # First occurrence wins (reversed: later ones are overwritten by earlier ones).
+    fields = {k.lower(): v for k, v in reversed(pairs)}
     ch: list[tuple[str, str]] = []
-    for name, raw in _HEADER_LINE.findall(block):
-        low = name.lower()
-        if low.startswith(b"x-ch-"):
-            ch.append((name.decode("ascii"), raw.rstrip(b"\r").decode("ascii", "replace")))
-        elif low not in fields:
-            fields[low] = raw.rstrip(b"\r")
+    if b"x-ch-" in block.lower():
+        ch = [
+            (k.decode("ascii"), v.decode("ascii", "replace"))
+            for k, v in pairs
+            if k.lower().startswith(b"x-ch-")
+        ]
     get = fields.get
     frm = addresses(_text(get(b"from", b"")))
     to_raw, cc_raw = get(b"to"), get(b"cc")
