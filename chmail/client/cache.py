@@ -206,7 +206,8 @@ class Cache(LocalChanges):
                 folder_id, m.uid, uidvalidity, m.message_id, m.in_reply_to,
                 " ".join(m.references), tid, m.from_name, m.from_addr, m.to, m.cc, m.subject,
                 m.date, flags_text(m.flags), int(SEEN in m.flags), m.size,
-                int(bool(m.ch_headers)), "".join(f"{n}: {v}\n" for n, v in m.ch_headers),
+                int(bool(m.ch_headers)),
+                "".join(f"{n}: {v}\n" for n, v in m.ch_headers) if m.ch_headers else "",
                 (m.from_name or m.from_addr).casefold(), cache_search.subject_key(m.subject),
             )
             for m, tid in zip(msgs, tids, strict=True)

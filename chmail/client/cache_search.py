@@ -41,8 +41,13 @@ _FILTERS = {
 _REPLY = re.compile(r"^\s*((re|fwd?|aw|wg|sv|vs|답장|회신|전달)\s*(\[\d+\])?\s*:\s*)+", re.I)
 
 
+_REPLY_START = frozenset("rRfFaAwWsSvV답회전 \t")
+
+
 def subject_key(subject: str) -> str:
     """Sort key of a subject: case-folded, without Re:/Fwd: prefixes."""
+    if not subject or subject[0] not in _REPLY_START:
+        return subject.strip().casefold()
     return _REPLY.sub("", subject).strip().casefold()
 
 
