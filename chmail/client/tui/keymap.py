@@ -23,6 +23,14 @@ class KeyRow:
     description: str
 
 
+KEY_NAMES = {"question_mark": "?", "slash": "/", "space": "space", "delete": "del"}
+
+
+def pretty(keys: str) -> str:
+    """``question_mark,slash`` -> ``?, /`` as a user reads keys."""
+    return ", ".join(KEY_NAMES.get(k.strip(), k.strip()) for k in keys.split(","))
+
+
 def _bindings(items: Iterable[BindingType]) -> list[Binding]:
     out = []
     for b in items:
@@ -46,7 +54,8 @@ def key_table(
                 continue
             seen.add(ident)
             keys = keymap.get(b.id, b.key) if b.id else b.key
-            rows.append(KeyRow(section, ident, keys, b.description or b.action.replace("_", " ")))
+            desc = b.description or b.action.replace("_", " ")
+            rows.append(KeyRow(section, ident, pretty(keys), desc))
     return rows
 
 
