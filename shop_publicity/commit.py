@@ -51,6 +51,7 @@ class Committer:
         self.wake = asyncio.Event()
         self.closing = False
         self.failed: Exception | None = None
+        self.unsettled: set[asyncio.Future[None]] = set()
         self.task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -60,9 +61,16 @@ class Committer:
         """Queue a write; the future resolves once it is committed."""
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         fut.add_done_callback(_consume)
+        self.unsettled.add(fut)
+        fut.add_done_callback(self.unsettled.discard)
         self.queue.append((outcome, fut))
         self.wake.set()
         return fut
+
+    async def flush(self) -> None:
+        """Wait until everything posted so far is committed (or has failed)."""
+        if self.unsettled:
+            await asyncio.wait(list(self.unsettled))
 
     async def write(self, outcome: m.Outcome) -> None:
         await self.post(outcome)

@@ -242,6 +242,9 @@ class Sender:
                             break
                         await queue.put(rec)
                 await queue.join()
+                # Outcomes are posted, not awaited: read the table only once they are in
+                # it, or a retry still uncommitted would look like nothing left to do.
+                await self.committer.flush()
                 if self.stop_reason:
                     break
                 nxt = await self.store.next_due_at(self.cid)
