@@ -23,6 +23,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import aiosqlite
+
 from chmail import config, migrate
 from chmail.client import cache_search, cache_threads
 from chmail.client.cache_local import LocalChanges, flags_text
@@ -47,7 +49,13 @@ _MSG_COLS = (
     " m.refs, m.thread_id, m.from_name, m.from_addr, m.to_addrs, m.cc_addrs, m.subject, m.date,"
     " m.flags, m.size, m.has_ch, m.ch_headers, m.body_text IS NOT NULL, m.attachments"
 )
-_CHUNK = 500  # host parameters per IN (...) list, well under SQLite's 32766
+_CHUNK = 500
+SORT_INDEXES = {
+    "from": "CREATE INDEX IF NOT EXISTS messages_from ON messages (folder_id, sort_from, date, id)",
+    "subject": "CREATE INDEX IF NOT EXISTS messages_subject"
+    " ON messages (folder_id, sort_subject, date, id)",
+    "size": "CREATE INDEX IF NOT EXISTS messages_size ON messages (folder_id, size, id)",
+}  # host parameters per IN (...) list, well under SQLite's 32766
 
 
 def default_path() -> Path:
@@ -93,6 +101,11 @@ class Cache(LocalChanges):
     """One client cache database. Open with ``await Cache.open(path)``; ``await close()``."""
 
     _indexer: asyncio.Task[int] | None = None
+    _sort_ready: set[str]
+
+    def __init__(self, conn: aiosqlite.Connection, path: Path) -> None:
+        super().__init__(conn, path)
+        self._sort_ready = set()
 
     @classmethod
     async def open(cls, path: str | Path | None = None) -> Cache:
@@ -200,6 +213,17 @@ class Cache(LocalChanges):
 
     def _add_sync(self, folder_id: int, msgs: Sequence[NewMessage], uidvalidity: int) -> None:
         db: sqlite3.Connection = self.conn._conn  # runs on aiosqlite's own thread
+        known: set[int] = set()
+        uids = [m.uid for m in msgs]
+        for i in range(0, len(uids), _CHUNK):
+            part = uids[i : i + _CHUNK]
+            marks = ",".join("?" * len(part))
+            cur = db.execute(
+                f"SELECT uid FROM messages WHERE folder_id = ? AND uid IN ({marks})",  # noqa: S608
+                (folder_id, *part),
+            )
+            known.update(r[0] for r in cur.fetchall())
+        fresh = [m for m in msgs if m.uid not in known]
         tids = cache_threads.assign(db, msgs)
         rows = [
             (
@@ -221,6 +245,12 @@ class Cache(LocalChanges):
             " seen = excluded.seen",
             rows,
         )
+        if fresh:  # folder counts for the new rows, once (0003: no per-row trigger)
+            unread = sum(1 for m in fresh if SEEN not in m.flags)
+            db.execute(
+                "UPDATE folders SET total = total + ?, unread = unread + ? WHERE id = ?",
+                (len(fresh), unread, folder_id),
+            )
         cache_search.note_addresses_sync(db, msgs)
         db.commit()
 
@@ -306,6 +336,7 @@ class Cache(LocalChanges):
         order = SORTS.get(sort)
         if order is None:
             raise StoreError(f"Unknown sort {sort!r}; use one of {', '.join(SORTS)}.")
+        await self._ensure_sort_index(sort)
         # Step 1 walks only the (covering) index; step 2 reads just the rows shown.
         ids = await self._all(
             f"SELECT id FROM messages WHERE folder_id = ? ORDER BY {order}"  # noqa: S608
@@ -313,6 +344,15 @@ class Cache(LocalChanges):
             (folder_id, max(0, limit), max(0, offset)),
         )
         return await self.get_many([r[0] for r in ids])
+
+    async def _ensure_sort_index(self, sort: str) -> None:
+        """Build the index of a rarer sort order the first time it is used (0003)."""
+        ddl = SORT_INDEXES.get(sort.rsplit("-", 1)[0])
+        if ddl is None or sort in self._sort_ready:
+            return
+        async with self.transaction() as db:
+            await db.execute(ddl)
+        self._sort_ready.update(k for k in SORTS if k.startswith(sort.rsplit("-", 1)[0]))
 
     async def get_many(self, pks: Sequence[int]) -> list[Message]:
         """Messages by primary key, in the order given (missing ones left out)."""
@@ -350,8 +390,9 @@ class Cache(LocalChanges):
         mid = message_id if message_id.startswith("<") else f"<{message_id}>"
         rows = await self._all(
             f"SELECT {_MSG_COLS} FROM messages m JOIN folders f ON f.id = m.folder_id"  # noqa: S608
-            " WHERE m.message_id = ? AND (? IS NULL OR f.account = ?) ORDER BY m.id",
-            (mid, account, account),
+            " WHERE m.thread_id = (SELECT thread_id FROM thread_ids WHERE message_id = ?)"
+            " AND m.message_id = ? AND (? IS NULL OR f.account = ?) ORDER BY m.id",
+            (mid, mid, account, account),
         )
         return [_message(r) for r in rows]
 
