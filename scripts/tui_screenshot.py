@@ -15,14 +15,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from chmail import config as cfgmod  # noqa: E402
-from chmail.client.chat import ChatEngine  # noqa: E402
-from chmail.client.chlink import ChLink  # noqa: E402
-from chmail.client.cli.demo import start_services, stop_services, user_config  # noqa: E402
-from chmail.client.tui import boot  # noqa: E402
-from chmail.client.tui.app import ChmailApp  # noqa: E402
-from chmail.client.tui.widgets.chat_pane import ChatPane  # noqa: E402
-from chmail.client.tui.widgets.message_list import MessageList  # noqa: E402
+from chmail import config as cfgmod
+from chmail.client.chat import ChatEngine
+from chmail.client.chlink import ChLink
+from chmail.client.cli.demo import start_services, stop_services, user_config
+from chmail.client.tui import boot
+from chmail.client.tui.app import ChmailApp
+from chmail.client.tui.widgets.chat_pane import ChatPane
+from chmail.client.tui.widgets.message_list import MessageList
 
 
 async def until(pilot: object, cond: object) -> None:
@@ -49,7 +49,8 @@ async def main(out: Path) -> None:
                 ml = app.screen.query_one(MessageList)
                 await until(pilot, lambda: ml.total > 30 and ml.current is not None)
                 await pilot.press("enter")
-                await until(pilot, lambda: "online now" in str(app.screen.query_one("#reader-chat").render()))
+                chat_line = app.screen.query_one("#reader-chat")
+                await until(pilot, lambda: "online now" in str(chat_line.render()))
                 await pilot.press("c")
                 ring = await asyncio.wait_for(bob.next_ring(), 15)
                 session = await bob.join(await bob.answer(ring.call, True))

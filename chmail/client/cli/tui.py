@@ -23,7 +23,7 @@ async def run_tui(config: cfgmod.Config, cache_path: Path | None = None) -> int:
 
     engines = await boot.build(config, cache_path)
     app = ChmailApp(config, engines.mail, engines.chat)
-    app.startup_notes = list(engines.notes)
+    app.startup_notes.extend(engines.notes)
     engines.start_background()
     try:
         await app.run_async()

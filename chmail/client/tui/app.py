@@ -51,10 +51,13 @@ class ChmailApp(App[None]):
         self.auto_sync = sync
         self.alarms: list[AlarmItem] = []
         self.rings: dict[str, RingScreen] = {}
-        self.theme = config.ui.theme
+        self.startup_notes: list[str] = []
+        if config.ui.theme in self.available_themes:
+            self.theme = config.ui.theme
+        else:
+            self.startup_notes.append(f"Unknown theme {config.ui.theme!r} in [ui]; default used.")
         self._reload_timer: Timer | None = None
         self._last_mail_error = ""
-        self.startup_notes: list[str] = []
 
     async def on_mount(self) -> None:
         keys = dict(self.config.ui.keys)
