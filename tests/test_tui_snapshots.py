@@ -42,8 +42,9 @@ async def _cache(path: Path) -> Cache:
     cache = await make_cache(path, 60)
     for msg in await cache.page((await cache.folders("alice"))[0].id, 0, 60):
         i = msg.uid - 1
-        raw = raw_mail(NAMES[i % len(NAMES)], "Alice <alice@example.org>", msg.subject,
-                       f"Hello Alice,\n\nThis is message {i}.\n\nRegards\n", msg.message_id)  # fmt: skip
+        body = f"Hello Alice,\n\nThis is message {i}.\n\nRegards\n"
+        raw = raw_mail(NAMES[i % len(NAMES)], "Alice <alice@example.org>", msg.subject, body,
+                       msg.message_id)  # fmt: skip
         await cache.set_body(msg.pk, raw, "")
     return cache
 
