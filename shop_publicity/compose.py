@@ -82,7 +82,7 @@ def compose(
         ("From", from_addr),
         ("To", formataddr((to_name, to_addr), charset="utf-8")),
         ("Subject", _subject(subject)),
-        ("Date", formatdate(date, localtime=False)),
+        ("Date", formatdate(date, usegmt=True)),
         ("Message-ID", msg_id),
         ("MIME-Version", "1.0"),
         ("Content-Type", "text/plain; charset=utf-8"),
