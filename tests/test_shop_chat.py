@@ -8,10 +8,10 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from chmail import headers
-from chmail import protocol as p
 from chmail import protocol_routing as r
 from chmail.client.chat import CallEvent, RingEvent, mail_ref
 from chmail.client.chatsession import Line
+from chmail.client.operator import OperatorDesk
 from shop_publicity import board, campaigns, members, products, run
 from shop_publicity.chbridge import Bridge
 from shop_publicity.models import Segment
@@ -91,6 +91,7 @@ async def test_campaign_chat_routing_queue_tags_dial_and_board(
             clients.append(await connect(srv, login))
         olga, _piet, ann, bob, cho = clients
         olga_pushes = olga.link.subscribe()
+        desk = OperatorDesk(olga.link)
 
         st_ann = await ann.engine.escalate(mail_ref(mails["ann"]))
         assert (st_ann.state, st_ann.peer) == ("ringing", "olga")
@@ -113,16 +114,16 @@ async def test_campaign_chat_routing_queue_tags_dial_and_board(
         s_ann.say("Is it waterproof?")
         got = await next_event(s_olga.events, Line, lambda ln: not ln.mine)
         assert (got.login, got.text) == ("ann", "Is it waterproof?")
-        s_olga.say(brief.data["canned"]["hi"])
+        assert desk.brief(ring.call) is not None
+        s_olga.say(desk.canned(ring.call, "hi"))  # one key away
         await next_event(s_ann.events, Line, lambda ln: not ln.mine)
 
-        await olga.link.request(r.RouteTag(call=ring.call, interests=["trail running"]))
+        await desk.tag(ring.call, ["trail running"])
         await olga.engine.hangup(ring.call)  # ann's chat ends; cho is next
         moved = await next_event(cho.engine.events, CallEvent, lambda e: e.state.state == "ringing")
         assert moved.state.peer == "olga"
 
-        dialled = await olga.link.request(r.RouteDial(member="dan", campaign=cid))
-        assert isinstance(dialled, p.CallState)
+        dialled = await desk.dial("dan", cid)
         assert dialled.state == "alarmed"
         assert await srv.server.extensions["alarms"].count("dan") == 1
 
