@@ -115,3 +115,25 @@ async def test_devmail_stack_with_and_without_dovecot(tmp_path: Path) -> None:
             await stack.stop()
     for d in cleanup:
         shutil.rmtree(d, ignore_errors=True)
+
+
+def test_send_without_ch_server_tells_the_user(
+    mailstack: MailStack, mail_user: MailUser, mail_user2: MailUser, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    """With the CH server down, `chmail send` still sends, without a chat link, and says so."""
+    from chmail.devmail.dovecot import free_port
+
+    path = write_config(tmp_path / "c.toml", mail_user, mailstack)
+    text = path.read_text() + (
+        f'\n[accounts.ch]\nserver = "127.0.0.1:{free_port()}"\nlogin = "me"\n'
+        'password_command = "printf %s pw"\n'
+    )
+    path.write_text(text)
+    monkeypatch.setenv("CHMAIL_CONFIG", str(path))
+    monkeypatch.setattr("sys.stdin", io.StringIO("no chat today\n"))
+    assert main(["send", "--to", mail_user2.address, "--subject", "plain"]) == 0
+    out = capsys.readouterr()
+    assert out.out.startswith("sent <")
+    assert "(with chat link)" not in out.out
+    assert "without a chat link" in out.err

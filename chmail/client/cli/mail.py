@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import datetime as dt
 import signal
 import sys
@@ -17,7 +16,7 @@ from chmail.client import mime
 from chmail.client.accounts import open_account
 from chmail.client.cache import Cache, Message
 from chmail.client.cli import print_json
-from chmail.errors import ChmailError, MailError, SendError
+from chmail.errors import ChmailError, ConnectionLost, MailError, SendError
 
 
 def register(sub: Any) -> None:
@@ -119,12 +118,18 @@ async def cmd_send(args: argparse.Namespace) -> int:
                 raise MailError(f"No mail {args.in_reply_to} in the cache; run `chmail sync`.")
             references = [*parent.references, parent.message_id]
             subject = subject or f"Re: {parent.subject}"
+        allocator: Any = None
         if acc.ch.server:
             from chmail.client.chlink import ChLink
 
             link = await ChLink.from_account(acc)
-            with contextlib.suppress(ChmailError, OSError):
+            try:
                 await asyncio.wait_for(link.start(), 10)
+                allocator = link
+            except (ChmailError, OSError, TimeoutError) as exc:
+                # Tell the outbox at once (it sends without a chat link, or holds the mail
+                # with wait_for_link) instead of waiting out the link's request timeout.
+                allocator = _LinkDown(exc)
         account = await open_account(acc, cache, watcher=False)
 
         async def smtp_pw() -> str:
@@ -132,7 +137,7 @@ async def cmd_send(args: argparse.Namespace) -> int:
 
         notes: list[str] = []
         box = Outbox(cache, acc, smtp_target(acc, smtp_pw if acc.smtp.user else ""),
-                     allocator=link, notify=lambda mid, text: notes.append(text))  # fmt: skip
+                     allocator=allocator, notify=lambda mid, text: notes.append(text))  # fmt: skip
         mid = await box.send(
             to=args.to, cc=args.cc, bcc=args.bcc, subject=subject, body=body,
             in_reply_to=args.in_reply_to, references=references, attachments=args.attach,
@@ -162,6 +167,18 @@ async def cmd_send(args: argparse.Namespace) -> int:
         if link is not None:
             await link.close()
         await cache.close()
+
+
+class _LinkDown:
+    """An allocator for when the CH server could not be reached at all."""
+
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+    async def alloc_port(self, *args: Any, **kw: Any) -> Any:
+        raise ConnectionLost(
+            f"the CH server is unreachable ({self.exc or type(self.exc).__name__})"
+        )
 
 
 def _row(m: Message) -> dict[str, Any]:
