@@ -335,3 +335,21 @@ async def test_non_ascii_folder_names(
     f = await cache.folder_by_name(mail_user.name, "받은편지함/업무")
     assert f is not None
     assert f.total == 1
+
+
+async def test_folder_deleted_elsewhere_goes(
+    mailstack: MailStack, mail_user: MailUser, cache: Cache
+) -> None:
+    """A folder deleted by another client leaves the cache at the next sync."""
+    b = backend(mailstack, mail_user)
+    await b.connect()
+    await b.create_folder("Projects")
+    s = Syncer(cache, b, mail_user.name)
+    await s.sync_all()
+    assert await cache.folder_by_name(mail_user.name, "Projects") is not None
+    other = imap(mailstack, mail_user)
+    other.delete("Projects")
+    other.logout()
+    await s.sync_all()
+    await b.close()
+    assert await cache.folder_by_name(mail_user.name, "Projects") is None

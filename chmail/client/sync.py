@@ -98,12 +98,17 @@ class Syncer:
         self.status = "online"
 
     async def sync_folders(self) -> list[Folder]:
-        infos = await self.backend.folders()
+        """Mirror the folder list: new folders appear, folders deleted elsewhere go."""
+        infos = [i for i in await self.backend.folders() if i.selectable]
         for info in infos:
-            if info.selectable:
-                await self.cache.upsert_folder(
-                    self.account, info.name, delimiter=info.delimiter, special_use=info.special_use
-                )
+            await self.cache.upsert_folder(
+                self.account, info.name, delimiter=info.delimiter, special_use=info.special_use
+            )
+        names = {i.name for i in infos}
+        for f in await self.cache.folders(self.account):
+            if f.name not in names:
+                log.info("%s/%s is gone from the server; dropping it", self.account, f.name)
+                await self.cache.delete_folder(f.id)
         return await self.cache.folders(self.account)
 
     async def sync_all(self, progress: Progress | None = None) -> list[SyncResult]:
@@ -113,7 +118,12 @@ class Syncer:
         await self.push_pending()
         out = []
         for f in folders:
-            out.append(await self.sync_folder(f.name, progress))
+            try:
+                out.append(await self.sync_folder(f.name, progress))
+            except ConnectionLost:
+                raise
+            except MailError as exc:  # one bad folder must not stop the others
+                log.warning("%s/%s: %s", self.account, f.name, exc)
         return out
 
     async def sync_folder(self, name: str, progress: Progress | None = None) -> SyncResult:
