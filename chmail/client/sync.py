@@ -105,6 +105,8 @@ class Syncer:
                 self.account, info.name, delimiter=info.delimiter, special_use=info.special_use
             )
         names = {i.name for i in infos}
+        if not names:  # a server listing nothing at all is broken, not empty: keep the cache
+            return await self.cache.folders(self.account)
         for f in await self.cache.folders(self.account):
             if f.name not in names:
                 log.info("%s/%s is gone from the server; dropping it", self.account, f.name)
