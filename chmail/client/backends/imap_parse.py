@@ -1,0 +1,155 @@
+"""Pure helpers of the IMAP backend: response parsing, UID sets, mailbox name encoding.
+
+No I/O here; imap.py talks to the server and hands these the lines aioimaplib collected
+(untagged data without its ``* NAME`` prefix, literals as bytearray, the tagged text last).
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+from collections.abc import Iterable
+from typing import Any
+
+from chmail.client.cache_models import NewMessage
+from chmail.client.mime_headers import new_message
+
+_UID = re.compile(rb"UID (\d+)")
+_FLAGS = re.compile(rb"FLAGS \(([^)]*)\)")
+_SIZE = re.compile(rb"RFC822\.SIZE (\d+)")
+_MODSEQ = re.compile(rb"MODSEQ \((\d+)\)")
+_CODE_NUM = re.compile(rb"\[(UIDVALIDITY|UIDNEXT|HIGHESTMODSEQ) (\d+)\]")
+_EXISTS = re.compile(rb"^(\d+) EXISTS")
+_LIST = re.compile(rb'^\(([^)]*)\) (NIL|"(?:[^"\\]|\\.)*") (.*)$')
+_COPYUID = re.compile(rb"COPYUID \d+ ([0-9:,]+) ([0-9:,]+)")
+_APPENDUID = re.compile(rb"APPENDUID \d+ (\d+)")
+
+
+def quote(s: str) -> str:
+    return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def mailbox(name: str) -> str:
+    """A folder name as an IMAP argument: modified UTF-7 (RFC 3501 5.1.3), quoted."""
+    return quote(utf7_encode(name))
+
+
+def utf7_encode(name: str) -> str:
+    out, run = [], ""
+
+    def flush() -> None:
+        nonlocal run
+        if run:
+            b64 = base64.b64encode(run.encode("utf-16-be")).decode().rstrip("=")
+            out.append("&" + b64.replace("/", ",") + "-")
+            run = ""
+
+    for ch in name:
+        if 0x20 <= ord(ch) <= 0x7E:
+            flush()
+            out.append("&-" if ch == "&" else ch)
+        else:
+            run += ch
+    flush()
+    return "".join(out)
+
+
+def utf7_decode(name: str) -> str:
+    def sub(m: re.Match[str]) -> str:
+        body = m.group(1)
+        if not body:
+            return "&"
+        data = body.replace(",", "/")
+        try:
+            return base64.b64decode(data + "=" * (-len(data) % 4)).decode("utf-16-be")
+        except (ValueError, UnicodeDecodeError):
+            return m.group(0)
+
+    return re.sub(r"&([A-Za-z0-9+,]*)-", sub, name)
+
+
+def uid_set(uids: Iterable[int]) -> str:
+    """Compact UID set: 1,2,3,7 -> 1:3,7."""
+    out: list[str] = []
+    run: list[int] = []
+    for u in sorted(set(uids)):
+        if run and u == run[-1] + 1:
+            run.append(u)
+            continue
+        if run:
+            out.append(f"{run[0]}:{run[-1]}" if len(run) > 1 else str(run[0]))
+        run = [u]
+    if run:
+        out.append(f"{run[0]}:{run[-1]}" if len(run) > 1 else str(run[0]))
+    return ",".join(out)
+
+
+def expand_set(text: bytes) -> list[int]:
+    out: list[int] = []
+    for part in text.split(b","):
+        a, _, b = part.partition(b":")
+        out.extend(range(int(a), int(b or a) + 1))
+    return out
+
+
+def parse_fetch(lines: list[Any]) -> list[tuple[bytes, bytes | None]]:
+    """Split a FETCH response into (attribute text, first literal or None) per message."""
+    out: list[tuple[bytes, bytes | None]] = []
+    text: list[bytes] = []
+    literal: bytes | None = None
+    for item in lines[:-1]:  # the last element is the tagged completion text
+        if type(item) is bytearray:
+            if literal is None:
+                literal = bytes(item)
+            continue
+        if item[:1].isdigit() and b" FETCH (" in item[:24]:
+            if text:
+                out.append((b" ".join(text), literal))
+            text, literal = [item], None
+        elif text:
+            text.append(item)
+    if text:
+        out.append((b" ".join(text), literal))
+    return out
+
+
+def _flags(attrs: bytes) -> tuple[str, ...]:
+    m = _FLAGS.search(attrs)
+    return tuple(m.group(1).decode("ascii", "replace").split()) if m else ()
+
+
+def _unquote_mailbox(raw: bytes) -> str:
+    raw = raw.strip()
+    if raw.startswith(b'"') and raw.endswith(b'"'):
+        raw = raw[1:-1].replace(b'\\"', b'"').replace(b"\\\\", b"\\")
+    return raw.decode("utf-8", "replace")
+
+
+def parse_headers_response(lines: list[Any], wanted: set[int]) -> list[NewMessage]:
+    out: list[NewMessage] = []
+    for attrs, literal in parse_fetch(lines):
+        m = _UID.search(attrs)
+        if not m:
+            continue
+        uid = int(m.group(1))
+        if uid not in wanted:
+            continue
+        s = _SIZE.search(attrs)
+        out.append(new_message(uid, literal or b"", _flags(attrs), int(s.group(1)) if s else 0))
+    return out
+
+
+def _copyuid(lines: list[Any]) -> dict[int, int]:
+    for line in lines:
+        if isinstance(line, bytes | bytearray):
+            m = _COPYUID.search(bytes(line))
+            if m:
+                return dict(zip(expand_set(m.group(1)), expand_set(m.group(2)), strict=False))
+    return {}
+
+
+def _text(lines: list[Any]) -> str:
+    for line in reversed(lines):
+        if isinstance(line, bytes) and line.strip():
+            return line.decode("utf-8", "replace").strip()
+    return "no reason given"
