@@ -255,29 +255,16 @@ class CallService:
         self.hub.check_limit(callee)
         direct = self.seam.direct_host(callee)
         direct = direct if direct and link.host.lower() == direct.lower() else ""
-        session = await self.hub.open(
+        session, call_id = await self.hub.open_call(
             port=link.port,
             lease=link.lease,
-            owner=callee,
+            caller=caller,
+            callee=callee,
             message_id=msg.message_id,
             subject=subject,
             host=direct or self.seam.public_host,
             mode="direct" if direct else "relay",
-            listen=not direct,
         )
-        call_id = await chatstore.create_call(
-            db,
-            caller=caller,
-            callee=callee,
-            port=link.port,
-            lease=link.lease,
-            message_id=msg.message_id,
-            subject=subject,
-            state="ringing",
-            now=now,
-            session_id=session.id,
-        )
-        await self.hub.admit(session, caller, callee)
         call = ActiveCall(
             call_id, caller, callee, session, subject, msg.message_id, host=self.seam.public_host
         )

@@ -218,6 +218,49 @@ class SessionHub:
                 ) from exc
         return session
 
+    async def open_call(
+        self,
+        *,
+        port: int,
+        lease: int,
+        caller: str,
+        callee: str,
+        message_id: str,
+        subject: str,
+        host: str,
+        mode: str = "relay",
+    ) -> tuple[ChatSession, int]:
+        """A call's session, admitted members and call row (one commit), listening when
+        relayed; ``(session, call id)``. Limits are the caller's to check first."""
+        now = time.time()
+        sid, call_id = await chatstore.create_call_session(
+            self.db,
+            port=port,
+            lease=lease,
+            message_id=message_id,
+            subject=subject,
+            mode=mode,
+            host=host,
+            caller=caller,
+            callee=callee,
+            now=now,
+        )
+        row = chatstore.SessionRow(
+            sid, port, lease, callee, message_id, subject, mode, host, "open", now, now
+        )
+        session = self._make(row, members={caller: 0, callee: 0})
+        if mode == "relay":
+            try:
+                await session.listen(self.bind_host)
+            except OSError as exc:
+                session.end("port unavailable")
+                raise ChatError(
+                    f"the chat port {port} cannot be opened on the server ({exc.strerror}); "
+                    "try again later",
+                    code="internal",
+                ) from exc
+        return session, call_id
+
     async def relay(self, session: ChatSession, host: str) -> None:
         """Turn a direct-mode session into a server-hosted one (the probe failed)."""
         await chatstore.set_session_host(self.db, session.id, "relay", host)

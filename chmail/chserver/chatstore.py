@@ -118,6 +118,46 @@ async def create_session(
     return cur.lastrowid
 
 
+async def create_call_session(
+    db: aiosqlite.Connection,
+    *,
+    port: int,
+    lease: int,
+    message_id: str,
+    subject: str,
+    mode: str,
+    host: str,
+    caller: str,
+    callee: str,
+    now: float,
+) -> tuple[int, int]:
+    """A ringing call, its session (owned by the callee) and both members, in one
+    transaction (ringing waits for it); ``(session id, call id)``."""
+    try:
+        cur = await db.execute(
+            "INSERT INTO chat_sessions(port, lease, owner, message_id, subject, mode, host,"
+            " created_at, last_active) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (port, lease, callee, message_id, subject, mode, host, now, now),
+        )
+        sid = cur.lastrowid
+        await db.executemany(
+            "INSERT INTO chat_members(session_id, login, joined_at) VALUES (?, ?, ?)",
+            [(sid, caller, now), (sid, callee, now)],
+        )
+        cur = await db.execute(
+            "INSERT INTO calls(caller, callee, port, lease, message_id, subject, state,"
+            " session_id, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, 'ringing', ?, ?, ?)",
+            (caller, callee, port, lease, message_id, subject, sid, now, now),
+        )
+        await db.commit()
+    except BaseException:
+        await db.rollback()
+        raise
+    assert sid is not None
+    assert cur.lastrowid is not None
+    return sid, cur.lastrowid
+
+
 async def open_sessions(db: aiosqlite.Connection) -> list[SessionRow]:
     sql = f"SELECT {_SESSION_COLS} FROM chat_sessions WHERE state = 'open' ORDER BY id"  # noqa: S608
     async with db.execute(sql) as cur:
