@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from chmail.chserver.ports import Grant, PortPool
 
 DAY = 86400
@@ -54,3 +57,31 @@ def test_numbering_resumes_above_reserved() -> None:
     assert again.needs_reservation()
     assert alloc(again, "<b@x>", now=1).lease.lease == 501
     assert again.get(100) == a.lease
+
+
+@given(
+    ops=st.lists(
+        st.tuples(st.integers(0, 30), st.lists(st.integers(0, 30), max_size=3), st.integers(0, 2)),
+        max_size=60,
+    )
+)
+@settings(max_examples=200, deadline=None)
+def test_pool_invariants(ops: list[tuple[int, list[int], int]]) -> None:
+    """Any alloc sequence keeps ports in range, one lease per port, numbers never reused."""
+    pool = PortPool(100, 104, lease_seconds=50)
+    seen_numbers: dict[int, int] = {}  # lease number -> port
+    for now, (mid, thread, who) in enumerate(ops):
+        g = pool.alloc(
+            login=f"u{who}",
+            host="ch.test",
+            message_id=f"<m{mid}@x>",
+            recipients=["b@x.y"],
+            thread=[f"<m{t}@x>" for t in thread],
+            now=now,
+        )
+        assert 100 <= g.lease.port <= 104
+        assert seen_numbers.setdefault(g.lease.lease, g.lease.port) == g.lease.port
+        assert f"<m{mid}@x>" in g.lease.message_ids
+        assert len(pool) <= pool.size
+        leases = pool.leases()
+        assert len({x.port for x in leases}) == len(leases)
