@@ -235,3 +235,9 @@ async def test_chmail_ch_status_and_alloc(chserver: RunningServer) -> None:
     assert rc == 0, err
     names = [line.split(":", 1)[0] for line in out.splitlines()]
     assert names == ["Message-ID", "X-CH-Login", "X-CH-Port", "X-CH-Host", "X-CH-Sig"]
+    rc, out, err = await run(*alloc, "--json", stdin=pw + "\n", module="chmail.client")
+    assert rc == 0, err
+    doc = json.loads(out)
+    assert doc["message_id"] == "<x1@example.org>"
+    assert doc["headers"]["X-CH-Login"] == "alice"
+    assert doc["headers"]["X-CH-Port"] == str(doc["port"])

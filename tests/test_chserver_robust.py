@@ -235,3 +235,20 @@ async def test_password_guessing_from_one_address_is_throttled(chserver: Running
     assert reply.code == p.E_RATE_LIMITED
     other = await chserver.raw(None, local_addr=("127.0.0.2", 0))
     assert isinstance(await other.auth("alice", pw), p.AuthOk)
+
+
+async def test_server_pings_a_quiet_client(chserver_factory: ServerFactory) -> None:
+    """The server pings an authenticated client it has not written to; answering keeps it on."""
+    srv = await chserver_factory(heartbeat_interval=0.05, heartbeat_timeout=0.5)
+    await srv.add_user("alice")
+    client = await srv.raw("alice")
+    pings = 0
+    while pings < 20:  # 20 server pings answered: many heartbeats later, still online
+        msg = await client.recv()
+        if isinstance(msg, p.Pong):
+            continue  # the answer to our own ping
+        assert isinstance(msg, p.Ping)
+        client.send(p.Pong(n=msg.n))
+        client.send(p.Ping(n=pings))
+        pings += 1
+        assert srv.server.is_online("alice")
