@@ -205,12 +205,7 @@ async def throughput(a: Peer, b: Peer, n: int, kind: str, base: int) -> float:
     return n / (time.perf_counter() - t0)
 
 
-ROUNDS = 3
-
-
-async def best_of(a: Peer, b: Peer, n: int, kind: str) -> float:
-    """The best of ROUNDS runs (the machine is shared: the best run is the least disturbed)."""
-    return max([await throughput(a, b, n, kind, r * n) for r in range(ROUNDS)])
+ROUNDS = 3  # throughput rounds per relay; the best of each counts
 
 
 async def latency(a: Peer, b: Peer, n: int, kind: str, base: int) -> list[float]:
@@ -284,47 +279,64 @@ async def stop_server(proc: asyncio.subprocess.Process) -> None:
     await proc.wait()
 
 
-async def bench_sessions(messages: int, pings: int) -> dict[str, float]:
-    """Both servers run in a process of their own, the two clients in this one."""
-    proc, info = await start_server("raw")
-    ra, rb = await raw_peer(int(info[0])), await raw_peer(int(info[0]))
-    rb.writer.write(p.encode(p.Hello()))  # the relay forwards it: A reads it, B is known
-    await ra.frames()
-    raw_tp = await best_of(ra, rb, messages, "say")
-    raw_lat = await latency(ra, rb, pings, "say", 10_000_000)
-    for x in (ra, rb):
-        x.writer.close()
-    await stop_server(proc)
+async def relay_peers(kind: str) -> tuple[asyncio.subprocess.Process, Peer, Peer]:
+    """A server of ``kind`` in its own process and the two clients A and B on it."""
+    proc, info = await start_server(kind)
+    if kind == "session":
+        port, sid, ta, tb = int(info[0]), int(info[1]), info[2], info[3]
+        return (
+            proc,
+            await session_peer(port, sid, "alice", ta),
+            await session_peer(port, sid, "bob", tb),
+        )
+    a, b = await raw_peer(int(info[0])), await raw_peer(int(info[0]))
+    b.writer.write(p.encode(p.Hello()))  # the relay forwards it: A reads it, B is known
+    await a.frames()
+    return proc, a, b
 
-    context: dict[str, float] = {}
-    for kind in ("decode", "streams"):
-        proc, info = await start_server(kind)
-        da, db = await raw_peer(int(info[0])), await raw_peer(int(info[0]))
-        db.writer.write(p.encode(p.Hello()))
-        await da.frames()
-        context[kind] = await best_of(da, db, messages, "say")
-        for x in (da, db):
+
+async def bench_sessions(messages: int, pings: int) -> dict[str, float]:
+    """Every server runs in a process of its own, all at once, the clients in this one.
+
+    The machine is shared and its load drifts, so the measurements are interleaved:
+    each round measures every relay in turn, and the latency pings alternate between
+    the session and the bare relay in small blocks. Throughput: the best round of each.
+    """
+    kinds = ("raw", "decode", "streams", "session")
+    servers = {k: await relay_peers(k) for k in kinds}
+    tps: dict[str, list[float]] = {k: [] for k in kinds}
+    for r in range(ROUNDS):
+        for k in kinds:
+            _, a, b = servers[k]
+            tps[k].append(
+                await throughput(a, b, messages, "chat" if k == "session" else "say", r * messages)
+            )
+    lat: list[float] = []
+    raw_lat: list[float] = []
+    block = max(1, pings // 10)
+    for i in range(0, pings, block):
+        base = 10_000_000 + 2 * i
+        _, a, b = servers["session"]
+        await latency(a, b, 1, "chat", base + block)  # warm-up after the switch, not counted
+        lat += await latency(a, b, block, "chat", base)
+        _, a, b = servers["raw"]
+        await latency(a, b, 1, "say", base + block)
+        raw_lat += await latency(a, b, block, "say", base)
+    for proc, a, b in servers.values():
+        for x in (a, b):
             x.writer.close()
         await stop_server(proc)
-
-    proc, info = await start_server("session")
-    port, sid, ta, tb = int(info[0]), int(info[1]), info[2], info[3]
-    a = await session_peer(port, sid, "alice", ta)
-    b = await session_peer(port, sid, "bob", tb)
-    tp = await best_of(a, b, messages, "chat")
-    lat = await latency(a, b, pings, "chat", 10_000_000)
-    for x in (a, b):
-        x.writer.close()
-    await stop_server(proc)
+    tp, raw_tp = max(tps["session"]), max(tps["raw"])
+    dec_tp, str_tp = max(tps["decode"]), max(tps["streams"])
     raw_p50 = statistics.median(raw_lat)
     return {
         "relay_msgs_per_s": round(tp),
         "raw_relay_msgs_per_s": round(raw_tp),
         "relay_ratio": round(tp / raw_tp, 3),
-        "decode_relay_msgs_per_s": round(context["decode"]),
-        "relay_ratio_vs_decode": round(tp / context["decode"], 3),
-        "stream_relay_msgs_per_s": round(context["streams"]),
-        "relay_ratio_vs_streams": round(tp / context["streams"], 3),
+        "decode_relay_msgs_per_s": round(dec_tp),
+        "relay_ratio_vs_decode": round(tp / dec_tp, 3),
+        "stream_relay_msgs_per_s": round(str_tp),
+        "relay_ratio_vs_streams": round(tp / str_tp, 3),
         "latency_p50_us": round(statistics.median(lat), 1),
         "latency_p99_us": round(pct(lat, 0.99), 1),
         "raw_rtt_p50_us": round(raw_p50, 1),
