@@ -1,20 +1,24 @@
-"""Chat benchmark: a real chat session against a bare asyncio relay, in the same run.
+"""Chat benchmark: a real chat session against bare asyncio relays, in the same run.
 
     .venv/bin/python bench/chat.py [--messages 20000] [--pings 2000] [--calls 100]
 
-Figures (the last line is one JSON object):
+Every relay runs in a process of its own and the two clients A and B in this one; the
+relays are measured in interleaved rounds (the machine's load drifts). Figures (the last
+line is one JSON object):
 
-* relay_msgs_per_s: messages/s from A to B through a real relay-mode session (msgpack
-  decode and checks, seq numbers, SQLite group commit before fan-out, acks to A);
-  raw_relay_msgs_per_s: the same frames through a bare asyncio relay that only cuts
-  the byte stream into frames and forwards them; relay_ratio = the first / the second
-  (goal >= 0.7).
+* relay_msgs_per_s: messages/s from A to B through a real relay-mode session (framing,
+  checks, seq numbers, fan-out, SQLite commit per batch, one ``said_many`` per commit
+  to A); raw_relay_msgs_per_s: the same frames through a bare asyncio relay that only
+  cuts the byte stream into frames and forwards them; relay_ratio = the first / the
+  second (goal >= 0.7). For context: decode_relay_msgs_per_s (a relay that also decodes
+  and re-encodes each message) and stream_relay_msgs_per_s (the asyncio-streams relay
+  most people write first: readexactly + write per frame), with their ratios.
 * latency_p50_us / latency_p99_us: one message A -> session -> B, waiting for each;
-  raw_rtt_p50_us: the same trip through the bare relay; latency_p50_ratio (goal <= 2.5,
-  p99 goal <= 5 ms).
-* ring_p99_ms: chat key (``call``) to the callee's ``ring``; open_p99_ms: ``answer`` to
-  both sides joined on the session (goal <= 20 ms each). Needs the CH server and two
-  logged-in clients (chmail.chserver, chmail.client.chlink).
+  raw_rtt_p50_us: the same trip through the bare relay; latency_p50_ratio (goals:
+  <= 2.5, p99 <= 5 ms).
+* ring_p50/p99_ms: chat key (``call``) to the callee's ``ring``; open_p50/p99_ms:
+  ``answer`` to both sides joined on the session (goal p99 <= 20 ms). These use a real
+  ``chmail-server serve`` process and two ChLink clients.
 """
 
 from __future__ import annotations
