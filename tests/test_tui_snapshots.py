@@ -12,12 +12,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from textual.app import App
 from textual.pilot import Pilot
+from textual.widgets import DataTable
 
 from chmail.client.cache import Cache
 from chmail.client.tui.api import Ring
 from chmail.client.tui.app import ChmailApp
 from chmail.client.tui.engine_mail import AccountEngine, CacheMail
+from chmail.client.tui.screens.help import HelpScreen
+from chmail.client.tui.screens.main import MainScreen
+from chmail.client.tui.screens.ring import RingScreen
 from chmail.client.tui.widgets.message_list import MessageList
 from chmail.config import AccountConfig, Config, UiConfig
 from tests.tui_helpers import make_cache
@@ -49,29 +54,51 @@ async def _cache(path: Path) -> Cache:
     return cache
 
 
-def _when_listed(*keys: str) -> Callable[[Pilot[Any]], Any]:
+async def _until(pilot: Pilot[Any], cond: Callable[[], bool]) -> None:
+    for _ in range(1000):  # 10 s at most
+        if cond():
+            return
+        await pilot.pause(0.01)
+    raise AssertionError("the screen never got ready for its snapshot")
+
+
+def _listed(app: App[Any]) -> bool:
+    found = app.screen.query(MessageList)
+    return bool(found) and found.first().total > 0 and found.first().row(0) is not None
+
+
+def _when_listed(*keys: str, ready: Callable[[App[Any]], bool] = _listed) -> Callable[..., Any]:
     async def run(pilot: Pilot[Any]) -> None:
-        app = pilot.app
-        for _ in range(400):
-            found = app.screen.query(MessageList)
-            if found and found.first().total and found.first().row(0) is not None:
-                break
-            await pilot.pause(0.01)
+        await _until(pilot, lambda: _listed(pilot.app))
         await pilot.press(*keys)
-        await pilot.pause(0.2)
+        await _until(pilot, lambda: ready(pilot.app))
+        await pilot.pause()
         await pilot.wait_for_scheduled_animations()
 
     return run
 
 
+def _mail_shown(app: App[Any]) -> bool:
+    main = app.screen
+    return isinstance(main, MainScreen) and main.view is not None
+
+
+def _help_shown(app: App[Any]) -> bool:
+    return isinstance(app.screen, HelpScreen) and app.screen.query_one(DataTable).row_count > 0
+
+
 def test_main_screen_with_a_mail_open(snap_compare: Any, snap_app: ChmailApp) -> None:
     """The main screen: folders, the list, the reader showing the second mail."""
-    assert snap_compare(snap_app, terminal_size=SIZE, run_before=_when_listed("j", "enter"))
+    assert snap_compare(
+        snap_app, terminal_size=SIZE, run_before=_when_listed("j", "enter", ready=_mail_shown)
+    )
 
 
 def test_help_lists_keys(snap_compare: Any, snap_app: ChmailApp) -> None:
     """? shows every key with its binding id."""
-    assert snap_compare(snap_app, terminal_size=SIZE, run_before=_when_listed("question_mark"))
+    assert snap_compare(
+        snap_app, terminal_size=SIZE, run_before=_when_listed("question_mark", ready=_help_shown)
+    )
 
 
 def test_ring_popup(snap_compare: Any, snap_app: ChmailApp) -> None:
@@ -81,6 +108,8 @@ def test_ring_popup(snap_compare: Any, snap_app: ChmailApp) -> None:
     async def run(pilot: Pilot[Any]) -> None:
         await listed(pilot)
         snap_app.on_ring(Ring("7", "bob", "Lunch on Friday?"))
-        await pilot.pause(0.2)
+        await _until(pilot, lambda: isinstance(snap_app.screen, RingScreen))
+        await pilot.pause()
+        await pilot.wait_for_scheduled_animations()
 
     assert snap_compare(snap_app, terminal_size=SIZE, run_before=run)
