@@ -17,6 +17,7 @@ from datetime import datetime
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
 from pathlib import Path
+from typing import Any
 
 from chmail import protocol_routing as r
 from chmail.chserver.app import build_server, hasher_for
@@ -71,6 +72,11 @@ async def seed_mail(links: dict[str, ChLink]) -> dict[str, list[bytes]]:
         "bob": seed.demo_messages(12, to=bob_t, seed=11),
         "operator": [],
     }
+    msg, _ = _mail((MALL[1], MALL[2]), USERS["operator"], "Welcome to the chat desk",
+                   "Customers who press c on a campaign mail are routed to you.\n"
+                   "Press Q to see the queue; a ring pops up when one is routed to you.\n",
+                   ago=7200)  # fmt: skip
+    boxes["operator"].append(bytes(msg))
     msg, mid = _mail(
         bob_t,
         alice_t,
@@ -105,6 +111,13 @@ async def seed_mail(links: dict[str, ChLink]) -> dict[str, list[bytes]]:
         await _stamped(links[MALL[0]], msg, mid, USERS["alice"][1], context=CONTEXT)
     )
     return boxes
+
+
+async def _quiet(coro: Any) -> None:
+    try:
+        await coro
+    except ChmailError as exc:
+        log.warning("brief not sent: %s", exc)
 
 
 async def serve(data: Path) -> int:
@@ -149,6 +162,17 @@ async def serve(data: Path) -> int:
     links = {u: ChLink("127.0.0.1", ch_port, u, passwords[u]) for u in ("alice", "bob", MALL[0])}
     for link in links.values():
         await link.start()
+    mall = links[MALL[0]]
+
+    def brief(msg: object) -> None:
+        # What the mall back office would send: the operator sees campaign and product.
+        if isinstance(msg, r.RouteEvent) and msg.kind == "routed":
+            data = {"campaign": "A-100 week (20% off)", "product": "A-100 espresso machine",
+                    "member": msg.member}  # fmt: skip
+            out = r.Brief(call=msg.call, operator=msg.operator, campaign=CAMPAIGN, data=data)
+            asyncio.get_running_loop().create_task(_quiet(mall.request(out)))
+
+    mall.on_push(brief)
     try:
         await links[MALL[0]].request(r.RoutePool(campaign=CAMPAIGN, operators=["operator"]))
     except ChmailError as exc:  # routing is the shop's part; the demo runs without it

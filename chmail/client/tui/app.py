@@ -154,6 +154,7 @@ class ChmailApp(App[None]):
 
     def on_ring(self, ring: Ring) -> None:
         if ring.session in self.rings:
+            self.rings[ring.session].set_context(ring.context)
             return
         if self.config.ui.bell:
             self.bell()
@@ -255,16 +256,8 @@ class ChmailApp(App[None]):
             self.push_screen(HelpScreen(self.key_rows()))
 
     async def action_quit(self) -> None:
-        await self.shutdown()
+        # The engines are closed by whoever built them (cli.tui.run_tui), after the app.
         self.exit()
-
-    async def shutdown(self) -> None:
-        try:
-            if self.chat is not None:
-                await self.chat.close()
-            await self.mail.close()
-        except ChmailError as exc:
-            log.info("closing: %s", exc)
 
 
 def css_path() -> Path:

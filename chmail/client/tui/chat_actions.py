@@ -44,6 +44,8 @@ def pane(screen: MainScreen) -> ChatPane | None:
 def open_pane(screen: MainScreen, session: str, peer: str, subject: str, state: str) -> ChatPane:
     current = pane(screen)
     if current is not None and current.session == session:
+        if peer and peer != "…":
+            current.peer = peer  # a campaign chat is answered by an operator, not the mall
         current.set_state(state)
         return current
     if current is not None:

@@ -110,6 +110,9 @@ class ChatBridge:
     def _on_extra(self, msg: p.Message) -> None:
         if isinstance(msg, r.Brief):
             self.briefs[msg.call] = dict(msg.data)
+            ring = self.rings.get(str(msg.call))
+            if ring is not None and self.events is not None:
+                self.events.on_ring(self._ring(ring))
 
     async def _pump(self) -> None:
         while True:
@@ -127,9 +130,7 @@ class ChatBridge:
             self.rings[key] = ev.ring
             self.ring_at.setdefault(key, time.time())
             self.subjects[key] = ev.ring.subject
-            brief = self.briefs.get(ev.ring.call, {})
-            context = ", ".join(f"{k}: {v}" for k, v in brief.items() if isinstance(v, str | int))
-            events.on_ring(Ring(key, ev.ring.caller, ev.ring.subject, ev.ring.port, context))
+            events.on_ring(self._ring(ev.ring))
         elif isinstance(ev, CallEvent):
             st, key = ev.state, str(ev.state.call)
             if st.state == "accepted" and key in self.outgoing and key not in self.sessions:
@@ -145,6 +146,13 @@ class ChatBridge:
         else:
             for a in ev.alarms:
                 events.on_alarm(_alarm(a))
+
+    def _ring(self, ring: p.Ring) -> Ring:
+        brief = self.briefs.get(ring.call, {})
+        context = "  ".join(
+            f"{k}: {v}" for k, v in brief.items() if isinstance(v, str | int) and k != "member"
+        )
+        return Ring(str(ring.call), ring.caller, ring.subject, ring.port, context)
 
     async def _join(self, key: str, st: p.CallState) -> None:
         assert self.events is not None

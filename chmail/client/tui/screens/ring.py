@@ -31,11 +31,15 @@ class RingScreen(ModalScreen[bool]):
             yield Static("🔔 Incoming chat", id="ring-title")
             yield Static(f"{self.ring.caller} wants to chat about:", id="ring-caller")
             yield Static(f"“{self.ring.subject or '(no subject)'}”", id="ring-subject")
-            if self.ring.context:
-                yield Static(self.ring.context, id="ring-context")
+            yield Static(self.ring.context, id="ring-context")
             with Horizontal(id="ring-buttons"):
                 yield Button("Accept (y)", id="accept", variant="success")
                 yield Button("Decline (n)", id="decline", variant="error")
+
+    def set_context(self, context: str) -> None:
+        """What the mall's brief says (campaign, product), once it arrives."""
+        if context and self.is_attached:
+            self.query_one("#ring-context", Static).update(context)
 
     def on_mount(self) -> None:
         self.query_one("#accept", Button).focus()
