@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 from shop_publicity import campaigns
@@ -82,6 +83,30 @@ async def test_error_threshold_pauses_then_resume_finishes(tmp_path: Path) -> No
         assert again.status == "done"
         assert all(n == 1 for n in sink.by_rcpt.values())
         assert len(sink.by_rcpt) + (await store.counts(cid))["failed"] == 60
+    finally:
+        await store.close()
+        server.close()
+
+
+async def test_pause_from_outside_then_resume_mails_each_once(tmp_path: Path) -> None:
+    """`campaign pause` stops a running send between two mails; resume finishes it."""
+    sink = Sink()
+    server, port = await start_sink(sink)
+    store = await seeded_store(tmp_path / "data", 200)
+    try:
+        cfg = shop_config(port, rate_per_second=50.0)
+        cid = await campaigns.create(store, cfg, name="p", subject="s", body="b", sku="A-100")
+        task = asyncio.create_task(Sender(store, cfg, cid).run())
+        await sink.wait_total(20)
+        await campaigns.pause(store, cid)
+        res = await task
+        assert res.status == "paused"
+        assert res.reason == "paused by the admin"
+        assert 20 <= sink.total < 200
+        again = await Sender(store, cfg, cid).run()
+        assert again.status == "done"
+        assert len(sink.by_rcpt) == 200
+        assert set(sink.by_rcpt.values()) == {1}
     finally:
         await store.close()
         server.close()
