@@ -94,6 +94,19 @@ async def test_c_rings_sender_and_both_sides_talk(
             assert mine.seq > 0
             session.mark_read()
             await wait_for(pilot, lambda: f"read by {bob.name}" in screen_text(app), "read state")
+
+            box.focus()
+            await pilot.press("ctrl+t")
+            status = app.screen.query_one(StatusBar)
+            await wait_for(pilot, lambda: "Transcript filed into INBOX" in status.note, "filed")
+            maildir = alice.stack.dovecot.maildir(alice.name)
+            filed = [
+                f.read_bytes()
+                for f in [*maildir.glob("cur/*"), *maildir.glob("new/*")]
+                if b"X-Chmail-Transcript" in f.read_bytes()
+            ]
+            assert len(filed) == 1
+            assert b"hello bob" in filed[0]
         finally:
             await session.close()
 

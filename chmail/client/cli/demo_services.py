@@ -113,6 +113,12 @@ async def seed_mail(links: dict[str, ChLink]) -> dict[str, list[bytes]]:
     return boxes
 
 
+def _port_range(size: int = 200) -> str:
+    """Chat ports for this run: a random block, so a busy port elsewhere rarely collides."""
+    low = 46000 + secrets.randbelow((59000 - 46000) // size) * size
+    return f"{low}-{low + size - 1}"
+
+
 async def _quiet(coro: Any) -> None:
     try:
         await coro
@@ -135,7 +141,7 @@ async def serve(data: Path) -> int:
     emails = {**{u: [e] for u, (_, e) in USERS.items()}, MALL[0]: [MALL[2]]}
 
     scfg = ServerConfig(
-        public_host="127.0.0.1", ports="45000-45999", data_dir=str(data / "chserver"),
+        public_host="127.0.0.1", ports=_port_range(), data_dir=str(data / "chserver"),
         argon2_time_cost=1, argon2_memory_kib=8192,
     )  # fmt: skip
     server = await build_server(scfg, data / "chserver", public_host="127.0.0.1")

@@ -77,6 +77,7 @@ class ChmailApp(App[None]):
             self.run_worker(self._start_chat(), group="chat-start")
         if self.auto_sync:
             self.mail.start_live(self._mail_changed)
+        self._poll_mail_state()
         self.set_interval(1.0, self._poll_mail_state)
 
     @property
