@@ -98,7 +98,7 @@ class MessageList(ScrollView, can_focus=True):
         "message-list--flag",
     }
 
-    cursor: reactive[int] = reactive(0, always_update=True)
+    cursor: reactive[int] = reactive(0, always_update=True, repaint=False)
 
     class Highlighted(TMessage):
         """The cursor moved onto ``message`` (None while its page loads)."""
