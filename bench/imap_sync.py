@@ -128,6 +128,20 @@ async def chmail_sync(port: int, path: Path) -> tuple[int, float, float]:
     return res.new, stored, indexed
 
 
+async def aioimaplib_fetch(port: int) -> float:
+    """The same FETCH through chmail's fixed aioimaplib reader, without parsing or storing."""
+    backend = ImapBackend("bench", host="127.0.0.1", port=port, user="alice",
+                          password="alicepw", security="plain", timeout=60)  # fmt: skip
+    await backend.connect()
+    await backend.state("INBOX")
+    proto = backend._proto()
+    t = time.perf_counter()
+    await backend._cmd(proto.fetch, "1:*", SYNC_ITEMS, by_uid=True)
+    dt = time.perf_counter() - t
+    await backend.close()
+    return dt
+
+
 def p50(samples: list[float]) -> float:
     return statistics.median(samples) * 1000
 
@@ -186,11 +200,12 @@ async def main() -> None:
         await seed_imap("127.0.0.1", dv.imap_port, "alice", "alicepw", synthetic(args.messages))
         print(f"seeded {args.messages} messages in {time.perf_counter() - t:.2f} s", flush=True)
         await raw_fetch(dv.imap_port)  # warm Dovecot's caches
-        raws, syncs, indexed = [], [], []
+        raws, syncs, indexed, aio = [], [], [], []
         for run in range(args.runs):
             n, dt = await raw_fetch(dv.imap_port)
             assert n == args.messages, n
             raws.append(dt)
+            aio.append(await aioimaplib_fetch(dv.imap_port))
             n, dt, dti = await chmail_sync(dv.imap_port, tmp / f"sync{run}.sqlite3")
             assert n == args.messages, n
             syncs.append(dt)
@@ -199,7 +214,9 @@ async def main() -> None:
         raw_rate = args.messages / min(raws)
         sync_rate = args.messages / min(syncs)
         indexed_rate = args.messages / min(indexed)
+        aio_rate = args.messages / min(aio)
         print(f"bare FETCH  {raw_rate:,.0f} msg/s (best of {args.runs})")
+        print(f"same FETCH through the fixed aioimaplib reader {aio_rate:,.0f} msg/s")
         print(f"chmail sync {sync_rate:,.0f} msg/s (fetch + parse + store: folder listable)")
         print(f"  + search index {indexed_rate:,.0f} msg/s (until searchable)")
         search = await search_bench(tmp / "search.sqlite3", args.search_messages)
@@ -210,6 +227,7 @@ async def main() -> None:
             "raw_fetch_msgs_per_s": round(raw_rate),
             "sync_ratio": round(sync_rate / raw_rate, 3),
             "sync_s": round(min(syncs), 3),
+            "aioimaplib_fetch_msgs_per_s": round(aio_rate),
             "sync_indexed_msgs_per_s": round(indexed_rate),
             "sync_indexed_ratio": round(indexed_rate / raw_rate, 3),
             "raw_fetch_s": round(min(raws), 3),
