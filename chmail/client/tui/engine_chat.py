@@ -39,7 +39,7 @@ from chmail.client.chatsession import (
 from chmail.client.chlink import ChLink, LinkState
 from chmail.client.tui.api import AlarmItem, ChatEvents, ChatLine, QueueItem, Ring
 from chmail.client.tui.widgets.message_list import ch_login
-from chmail.errors import ChatError, ChmailError
+from chmail.errors import AuthError, ChatError, ChmailError
 
 log = logging.getLogger(__name__)
 
@@ -99,8 +99,14 @@ class ChatBridge:
         events.on_link_state("connecting", "")
         try:
             await self.link.start()
-        except ChmailError as exc:
+        except AuthError as exc:
             events.on_link_state("offline", f"CH server: {exc}")
+            return
+        except ChmailError as exc:
+            # Not reachable now: the link keeps trying in the background (with backoff)
+            # and the state callback says "online" once it is up.
+            events.on_link_state("offline", f"CH server: {exc} chmail keeps trying.")
+            await self.link.start(wait=False)
             return
         events.on_link_state("online", "")
         with contextlib.suppress(ChmailError):
