@@ -8,6 +8,7 @@ real ChmailApp headless (Textual ``run_test``, 120x40) over it:
 * ``first_paint_ms``: from starting the app to the first rows of the folder on screen
   (app start-up, COUNT, first page, render). Goal: <= 300 ms for 100,000 messages.
 * ``open_folder_ms``: switching to the folder again (new source, COUNT, first page, render).
+* ``open_threaded_ms``: the same in the threaded view (threads of the newest rows looked up).
 * ``scroll_1000_ms``: 1,000 one-row cursor moves (what 1,000 down-key presses do), each
   handled on the event loop, until row 1,000 is loaded and drawn (pages are read in
   workers as rows come into view).
@@ -93,6 +94,15 @@ async def bench(n: int, path: Path) -> dict[str, float | int]:
         main.open_folder(FolderRef("alice", "INBOX"))
         open_folder = (await probe.until_drawn(0, ml) - t1) * 1000
 
+        probe.drawn.clear()
+        t3 = time.perf_counter()
+        main.threaded = True
+        main.open_folder(FolderRef("alice", "INBOX"))
+        open_threaded = (await probe.until_drawn(0, ml) - t3) * 1000
+        main.threaded = False
+        main.open_folder(FolderRef("alice", "INBOX"))
+        await pilot.pause()
+
         # 1,000 single-row moves, as fast as keys can arrive: each handled on the loop
         # (cursor, scrolling, page loads in workers), then the last row must be drawn.
         ml.focus()
@@ -108,6 +118,7 @@ async def bench(n: int, path: Path) -> dict[str, float | int]:
         "messages": n,
         "first_paint_ms": round(first_paint, 1),
         "open_folder_ms": round(open_folder, 1),
+        "open_threaded_ms": round(open_threaded, 1),
         "scroll_1000_ms": round(scroll, 1),
         "rss_mib": round(rss, 1),
     }
