@@ -112,3 +112,28 @@ async def test_compose_and_send_stamps_chat_link(
         assert raw is not None
         assert b"X-CH-Login: " + mail_user.name.encode() in raw
         assert b"X-CH-Sig:" in raw
+
+
+async def test_draft_is_kept_and_resumed(mail_user: MailUser, tmp_path: Path) -> None:
+    """A mail being written is saved as a draft; D lists it and reopens it in the editor."""
+    await _inbox_with(mail_user, "Hello")
+    async with running_tui(config_for(mail_user, None), tmp_path) as (app, pilot):
+        ml = app.screen.query_one(MessageList)
+        await wait_for(pilot, lambda: ml.total == 1)
+        await pilot.press("m")
+        await wait_for(pilot, lambda: isinstance(app.screen, ComposeScreen), "compose screen")
+        compose = app.screen
+        compose.query_one("#to", Input).value = "zoe@example.org"
+        compose.query_one("#subject", Input).value = "Half-written thoughts"
+        await wait_for(pilot, lambda: compose.saves >= 1, "draft autosaved")
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: not isinstance(app.screen, ComposeScreen), "closed")
+        await pilot.press("D")
+        await wait_for(pilot, lambda: isinstance(app.screen, PickFolderScreen), "draft list")
+        assert "Half-written thoughts" in screen_text(app)
+        picker = app.screen
+        assert isinstance(picker, PickFolderScreen)
+        picker.dismiss(picker.folders[0])
+        await wait_for(pilot, lambda: isinstance(app.screen, ComposeScreen), "draft reopened")
+        assert app.screen.query_one("#subject", Input).value == "Half-written thoughts"
+        assert app.screen.query_one("#to", Input).value == "zoe@example.org"

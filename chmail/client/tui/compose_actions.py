@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING
 from chmail.client.tui.api import Draft
 from chmail.client.tui.mailview import forward_body, quote
 from chmail.client.tui.screens.compose import ComposeScreen
+from chmail.client.tui.screens.pick_folder import PickFolderScreen
+from chmail.errors import ChmailError
 
 if TYPE_CHECKING:
     from chmail.client.tui.screens.main import MainScreen
@@ -32,6 +34,27 @@ def _account(screen: MainScreen) -> str:
 
 def new(screen: MainScreen) -> None:
     _open(screen, Draft(account=_account(screen)), "New mail")
+
+
+def resume_draft(screen: MainScreen) -> None:
+    """D: pick a saved draft and go on writing it."""
+    account = _account(screen)
+
+    async def run() -> None:
+        try:
+            drafts = await screen.capp.mail.drafts(account)
+        except ChmailError as exc:
+            screen.status.fail(str(exc))
+            return
+        if not drafts:
+            screen.status.say("No saved drafts.")
+            return
+        labels = [f"{d.subject or '(no subject)'}  —  to {d.to or '(nobody yet)'}" for d in drafts]
+        picked = await screen.app.push_screen_wait(PickFolderScreen(labels, "Which draft?"))
+        if picked is not None:
+            _open(screen, drafts[labels.index(picked)], "Draft")
+
+    screen.run_worker(run(), group="drafts", exclusive=True)
 
 
 def _prefixed(prefix: str, subject: str) -> str:

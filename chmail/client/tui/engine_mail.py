@@ -57,6 +57,8 @@ class OutboxLike(Protocol):
 
     async def delete_draft(self, draft_id: int) -> None: ...
 
+    async def drafts(self) -> Sequence[Any]: ...
+
 
 @dataclass
 class AccountEngine:
@@ -208,6 +210,28 @@ class CacheMail:
             await outbox.delete_draft(draft_id)
         self._local_drafts.pop(draft_id, None)
 
+    async def drafts(self, account: str) -> list[Draft]:
+        """Saved drafts of ``account``, newest first, ready to open in the editor."""
+        outbox = self._outbox(account)
+        if outbox is None:
+            return [d for d in self._local_drafts.values() if d.account == account]
+        out = []
+        for stored in sorted(await outbox.drafts(), key=lambda d: -float(d.updated)):
+            f = stored.fields
+            out.append(
+                Draft(
+                    account=account,
+                    to=_joined(f.get("to", "")),
+                    cc=_joined(f.get("cc", "")),
+                    subject=str(f.get("subject", "")),
+                    body=str(f.get("body", "")),
+                    in_reply_to=str(f.get("in_reply_to", "")),
+                    references=tuple(f.get("references", ())),
+                    draft_id=int(stored.id),
+                )
+            )
+        return out
+
     async def send(self, draft: Draft) -> str:
         outbox = self._outbox(draft.account)
         if outbox is None:
@@ -252,6 +276,10 @@ class CacheMail:
             raise MailError("This account cannot file mail into its folders.")
         await eng.append(msg.folder, raw)
         return str(msg.folder)
+
+
+def _joined(value: object) -> str:
+    return ", ".join(str(v) for v in value) if isinstance(value, list | tuple) else str(value)
 
 
 def split_addresses(value: str) -> list[str]:

@@ -44,6 +44,7 @@ class MainScreen(Screen[None]):
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("c", "chat", "Chat", id="mail.chat"),
         Binding("m", "compose", "New mail", id="mail.compose"),
+        Binding("D", "drafts", "Drafts", show=False, id="mail.drafts"),
         Binding("r", "reply", "Reply", id="mail.reply"),
         Binding("R", "reply_all", "Reply all", show=False, id="mail.reply-all"),
         Binding("f", "forward", "Forward", show=False, id="mail.forward"),
@@ -371,6 +372,9 @@ class MainScreen(Screen[None]):
 
     def action_compose(self) -> None:
         compose_actions.new(self)
+
+    def action_drafts(self) -> None:
+        compose_actions.resume_draft(self)
 
     def action_reply(self) -> None:
         compose_actions.reply(self, everyone=False)
