@@ -11,6 +11,7 @@ with its history, so clients that reconnect with ``last_seq`` lose nothing.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Coroutine
@@ -28,6 +29,7 @@ from chmail.errors import ChatError
 log = logging.getLogger(__name__)
 
 EndHook = Callable[[ChatSession, str, str], None]
+CHECKPOINT_EVERY = 1.0  # seconds between WAL checkpoints of the message log
 
 
 class _DbBackend:
@@ -83,6 +85,8 @@ class SessionHub:
         self.on_end: list[EndHook] = []
         self._backend = _DbBackend(self)
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._checkpointer: asyncio.Task[None] | None = None
+        self._stop = asyncio.Event()
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -97,6 +101,7 @@ class SessionHub:
     async def start(self) -> None:
         """Open the message log and reopen the sessions left open by the last run."""
         self.log = await MessageLog.open(self.messages_path)
+        self._checkpointer = asyncio.get_running_loop().create_task(self._checkpoints())
         for row in await chatstore.open_sessions(self.db):
             if row.mode != "relay":
                 await chatstore.end_session(
@@ -116,8 +121,21 @@ class SessionHub:
                 "reopened chat session %d on port %d (%d messages)", row.id, row.port, len(history)
             )
 
+    async def _checkpoints(self) -> None:
+        """Checkpoint the message log's WAL in a worker thread, once a second if written."""
+        while not self._stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), CHECKPOINT_EVERY)
+            log_ = self.log
+            if log_ is not None and log_.unchecked and not self._stop.is_set():
+                log_.unchecked = 0
+                await asyncio.to_thread(log_.checkpoint)
+
     async def close(self) -> None:
         """Stop listening; the sessions stay open in the database for the next start."""
+        self._stop.set()
+        if self._checkpointer is not None:
+            await self._checkpointer  # lets a checkpoint in progress finish first
         for s in list(self.sessions.values()):
             s.shutdown()
         self.sessions.clear()

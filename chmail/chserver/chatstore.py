@@ -391,12 +391,16 @@ class MessageLog:
     Only this connection writes that file, so a write never waits for a lock, and a
     batch (everything that arrived in one turn of the loop) is one short transaction:
     no thread hop and no GIL hand-off on the hot path. WAL with ``synchronous=NORMAL``:
-    a committed batch survives a crash of the process (not of the machine).
+    a committed batch survives a crash of the process (not of the machine). The WAL is
+    not checkpointed by the writer (that would fsync inside some unlucky commit, on the
+    event loop) but by :meth:`checkpoint`, which the hub runs in a worker thread.
     """
 
     def __init__(self, conn: sqlite3.Connection, path: str) -> None:
         self._conn = conn
         self.path = path
+        self.unchecked = 0  # rows written since the last checkpoint
+        self._ckpt: sqlite3.Connection | None = None
 
     @classmethod
     async def open(cls, path: str | Path) -> MessageLog:
@@ -407,9 +411,20 @@ class MessageLog:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("PRAGMA busy_timeout=5000")
+            conn.execute("PRAGMA wal_autocheckpoint=0")
         except sqlite3.Error as exc:
             raise StoreError(f"Cannot open the chat message store {path}: {exc}.") from exc
         return cls(conn, str(path))
+
+    def checkpoint(self) -> None:
+        """Copy the WAL into the database (PASSIVE: never blocks the writer). Blocking:
+        run it in a worker thread, one at a time."""
+        if self._ckpt is None:
+            self._ckpt = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        try:
+            self._ckpt.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        except sqlite3.Error as exc:
+            log.warning("checkpoint of %s failed: %s", self.path, exc)
 
     def append(self, rows: list[MessageRow]) -> StoreError | None:
         """Store ``rows`` in one transaction; the error (not raised) if that failed."""
@@ -421,6 +436,7 @@ class MessageLog:
                 rows,
             )
             self._conn.execute("COMMIT")
+            self.unchecked += len(rows)
         except sqlite3.Error as exc:
             log.error("storing %d chat messages failed: %s", len(rows), exc)
             with contextlib.suppress(sqlite3.Error):
@@ -437,4 +453,6 @@ class MessageLog:
         return [StoredMessage(*r) for r in cur.fetchall()]
 
     def close(self) -> None:
-        self._conn.close()
+        if self._ckpt is not None:
+            self._ckpt.close()
+        self._conn.close()  # the last connection to close checkpoints the rest
