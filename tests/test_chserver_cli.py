@@ -175,7 +175,6 @@ async def test_check_headers_reasons(chserver_factory: ServerFactory, tmp_path: 
     async with srv.link("alice") as link:
         old = await link.alloc_port("<old@example.org>", ["bob@example.org"])
         new = await link.alloc_port("<new@example.org>", ["carol@example.org"])
-    await srv.server.extensions["core"].writer.flush()
     assert new.port == old.port
     data = str(srv.data_dir)
     forged_sig = f"v=1; e={new.expires}; n={new.lease}; s={'A' * 43}"
@@ -211,7 +210,6 @@ async def test_check_headers_expired(chserver_factory: ServerFactory, tmp_path: 
     await srv.add_user("alice")
     async with srv.link("alice") as link:
         chat = await link.alloc_port("<e@example.org>", ["bob@example.org"])
-    await srv.server.extensions["core"].writer.flush()
     path = _eml(tmp_path / "e.eml", "<e@example.org>", chat.headers())
     rc, out, _ = await run("check-headers", str(path), "--json", "--data", str(srv.data_dir))
     assert rc == 1

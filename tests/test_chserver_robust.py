@@ -205,7 +205,6 @@ async def test_thread_reuse_and_recycling(chserver_factory: ServerFactory) -> No
         assert b.port != a.port
         assert c.port == a.port  # the least recently used lease is recycled
         assert c.lease > b.lease > a.lease
-    await srv.server.extensions["core"].writer.flush()
     stored = await srv.store.lease(a.port)
     assert stored is not None
     assert (stored.lease, stored.message_id) == (c.lease, "<c@x.y>")

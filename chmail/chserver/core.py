@@ -9,8 +9,8 @@ Rules:
   A connection authenticates once.
 * ``alloc``: Message-ID, recipients, thread ids and context are validated; the host in
   the link is the server's public name, or the client's advertised host when it logged
-  in with ``direct``. The signed lease is answered at once and written to table 2 by
-  the lease writer, which batches writes (see LeaseWriter).
+  in with ``direct``. The signed lease is answered only after it is committed to
+  table 2; allocations arriving together share one commit (see LeaseWriter).
 * ``presence``: online state of up to ``MAX_PRESENCE`` valid logins.
 """
 
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import concurrent.futures
 import logging
 import re
 import time
@@ -27,7 +28,7 @@ from chmail import protocol as p
 from chmail.chserver.auth import Hasher, valid_login
 from chmail.chserver.ports import LEASE_BLOCK, Lease
 from chmail.chserver.server import ChServer, Context, Defer
-from chmail.chserver.store import ServerStore
+from chmail.chserver.store import LeaseLog, ServerStore
 from chmail.errors import HeaderError, ValidationError
 
 log = logging.getLogger(__name__)
@@ -42,66 +43,90 @@ MAX_PRESENCE = 1000
 MAX_ADDRESS = 254  # RFC 5321 4.5.3.1.3 (path) minus the angle brackets
 _ADDRESS = re.compile(r"[^\s@<>\"]{1,64}@[^\s@<>\"]{1,253}")
 LEASE_COUNTER = "lease_reserved"
-FLUSH_DELAY = 0.05  # seconds a new lease may wait in memory before its batch is written
+CHECKPOINT_EVERY = 1000  # table-2 commits between WAL checkpoints (in the worker thread)
 
 
 class LeaseWriter:
-    """Write-behind for table 2: allocations are answered from memory and written in
-    batches by one task, so a burst of allocs costs one transaction, not one each.
+    """Group commit for table 2: nothing acknowledged is lost.
 
-    If the process dies before a batch is written those leases are forgotten; their
-    mails' links then report "unknown port" or "recycled", never another user, because
-    lease numbers are reserved on disk before use and never handed out twice.
+    An allocation is decided in memory (the pool), queued here with its reply, and the
+    reply is sent only once the lease is committed. Allocations that arrive together
+    (in the same turn of the event loop, or while a previous write waits for the
+    database lock) are committed in one transaction; a lone one is committed at once.
+    There is no timer. Writes happen in order: a batch starts only after the previous
+    one has committed.
     """
 
     def __init__(self, store: ServerStore) -> None:
-        self.store = store
-        self._dirty: dict[int, Lease] = {}
-        self._wake = asyncio.Event()
+        self.log = LeaseLog(store.path)
+        self._batch: dict[int, Lease] = {}
+        self._waiting: list[tuple[Context, p.Message]] = []
+        self._scheduled = False
+        self._busy = False  # a write is in the worker thread
+        self._commits = 0
         self._idle = asyncio.Event()
         self._idle.set()
-        self._task: asyncio.Task[None] | None = None
+        self._thread = concurrent.futures.ThreadPoolExecutor(1, "chserver-leases")
 
-    def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run())
-
-    def mark(self, lease: Lease) -> None:
-        self._dirty[lease.port] = lease
+    def submit(self, lease: Lease, ctx: Context, reply: p.Message) -> None:
+        """Commit ``lease`` with the next batch, then send ``reply`` on ``ctx``."""
+        self._batch[lease.port] = lease
+        self._waiting.append((ctx, reply))
         self._idle.clear()
-        self._wake.set()
+        if not self._scheduled and not self._busy:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._commit)
 
     async def flush(self) -> None:
-        """Wait until every lease marked so far is on disk."""
-        if self._task is None or self._task.done():
-            await self._write()
-            return
+        """Wait until every lease submitted so far is on disk."""
         await self._idle.wait()
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-        await self._write()
+        await self._idle.wait()
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._thread, self.log.checkpoint)
+        self._thread.shutdown()
+        self.log.close()
 
-    async def _write(self) -> None:
-        batch, self._dirty = list(self._dirty.values()), {}
-        await self.store.save_leases(batch)
+    def _commit(self) -> None:
+        self._scheduled = False
+        if self._busy or not self._batch:
+            return
+        leases, waiting = list(self._batch.values()), self._waiting
+        self._batch, self._waiting = {}, []
+        try:
+            done = self.log.write_now(leases)
+        except Exception as exc:
+            self._answer(waiting, exc)
+            return
+        if done:
+            self._answer(waiting, None)
+            return
+        self._busy = True  # another connection holds the lock: wait for it off the loop
+        fut = asyncio.get_running_loop().run_in_executor(self._thread, self.log.write_wait, leases)
+        fut.add_done_callback(lambda f: self._waited(f, waiting))
 
-    async def _run(self) -> None:
-        while True:
-            await self._wake.wait()
-            # Gather a batch: one transaction per FLUSH_DELAY at most, however many allocs.
-            await asyncio.sleep(FLUSH_DELAY)
-            self._wake.clear()
-            try:
-                await self._write()
-            except Exception:
-                log.exception("writing table 2 failed; retrying")
-                await asyncio.sleep(1)
-                self._wake.set()
-                continue
-            if not self._dirty:
-                self._idle.set()
+    def _waited(self, fut: asyncio.Future[None], waiting: list[tuple[Context, p.Message]]) -> None:
+        self._busy = False
+        exc = fut.exception()
+        self._answer(waiting, exc if isinstance(exc, Exception) else None)
+
+    def _answer(self, waiting: list[tuple[Context, p.Message]], exc: Exception | None) -> None:
+        if exc is not None:
+            log.error("writing table 2 failed: %s", exc)
+        for ctx, reply in waiting:
+            if exc is None:
+                ctx.send(reply)
+            else:
+                msg = "the server could not record the allocation; try again"
+                ctx.send(p.Error(code=p.E_INTERNAL, message=msg, id=getattr(reply, "id", None)))
+        self._commits += 1
+        if self._commits % CHECKPOINT_EVERY == 0:
+            asyncio.get_running_loop().run_in_executor(self._thread, self.log.checkpoint)
+        if self._batch:
+            self._commit()  # what arrived meanwhile: the next group
+        else:
+            self._idle.set()
 
 
 class Core:
@@ -121,7 +146,6 @@ class Core:
 
         async def start() -> None:
             s.pool.reserved = await s.store.counter(LEASE_COUNTER)
-            self.writer.start()
 
         s.on_start(start)
         s.add_closer(self.writer.close)
@@ -248,12 +272,11 @@ class Core:
             message_id=message_id,
             context=context,
         )
-        self.writer.mark(lease)
         if grant.recycled_from is not None:
             log.info(
                 "port %d recycled: lease %d -> %d", lease.port, grant.recycled_from, lease.lease
             )
-        return p.Allocated(
+        reply = p.Allocated(
             id=msg.id,
             login=login,
             port=link.port,
@@ -263,6 +286,8 @@ class Core:
             sig=link.sig,
             context=link.context,
         )
+        self.writer.submit(lease, ctx, reply)  # answered once committed
+        return None
 
     async def presence(self, ctx: Context, msg: p.Presence) -> p.Message | None:
         ctx.require_login()

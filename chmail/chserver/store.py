@@ -190,27 +190,7 @@ class ServerStore:
         """Write (insert or replace) the given leases in one transaction."""
         if not leases:
             return
-        await self.db.executemany(
-            "INSERT OR REPLACE INTO ports(port, login, host, lease, message_id, message_ids,"
-            " recipients, context, allocated_at, updated_at, expires)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [
-                (
-                    x.port,
-                    x.login,
-                    x.host,
-                    x.lease,
-                    x.message_id,
-                    json.dumps(list(x.message_ids)),
-                    json.dumps(list(x.recipients)),
-                    x.context,
-                    x.allocated_at,
-                    x.updated_at,
-                    x.expires,
-                )
-                for x in leases
-            ],
-        )
+        await self.db.executemany(_SAVE_LEASE, [_lease_row(x) for x in leases])
         await self.db.commit()
 
     # ------------------------------------------------------------------ counters
@@ -229,6 +209,93 @@ class ServerStore:
         )
         await self.db.commit()
         return await self.counter(key)
+
+
+_SAVE_LEASE = (
+    "INSERT OR REPLACE INTO ports(port, login, host, lease, message_id, message_ids,"
+    " recipients, context, allocated_at, updated_at, expires)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+
+def _lease_row(x: Lease) -> tuple[object, ...]:
+    return (
+        x.port,
+        x.login,
+        x.host,
+        x.lease,
+        x.message_id,
+        json.dumps(list(x.message_ids)),
+        json.dumps(list(x.recipients)),
+        x.context,
+        x.allocated_at,
+        x.updated_at,
+        x.expires,
+    )
+
+
+class LeaseLog:
+    """Table 2's own write path: plain sqlite3 connections to the server database, so a
+    group of allocations is committed in one transaction before any of them is answered.
+
+    ``write_now`` runs on the event loop thread and never waits for a lock (busy
+    timeout 0; a commit in WAL mode with synchronous=NORMAL is a few tens of
+    microseconds, no fsync); it returns False when another connection holds the write
+    lock, and the caller then uses ``write_wait`` in a worker thread. The loop-side
+    connection never checkpoints (that could stall the loop on an fsync); ``checkpoint``
+    copies the WAL into the database from the worker thread.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._now = self._connect(busy_ms=0)
+        self._now.execute("PRAGMA wal_autocheckpoint=0")
+        self._wait = self._connect(busy_ms=5000, any_thread=True)
+
+    def _connect(self, *, busy_ms: int, any_thread: bool = False) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=not any_thread)
+        conn.execute(f"PRAGMA busy_timeout={busy_ms}")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        return conn
+
+    @staticmethod
+    def _write(conn: sqlite3.Connection, leases: list[Lease]) -> None:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.executemany(_SAVE_LEASE, [_lease_row(x) for x in leases])
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+
+    def write_now(self, leases: list[Lease]) -> bool:
+        """Commit ``leases`` without waiting; False if the database is locked right now."""
+        try:
+            self._write(self._now, leases)
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+                return False
+            raise StoreError(f"Cannot write table 2: {exc}.") from exc
+        except sqlite3.Error as exc:
+            raise StoreError(f"Cannot write table 2: {exc}.") from exc
+        return True
+
+    def write_wait(self, leases: list[Lease]) -> None:
+        """Commit ``leases``, waiting for the lock. Blocking: call from a worker thread."""
+        try:
+            self._write(self._wait, leases)
+        except sqlite3.Error as exc:
+            raise StoreError(f"Cannot write table 2: {exc}.") from exc
+
+    def checkpoint(self) -> None:
+        """Copy the WAL into the database (PASSIVE). Blocking: call from a worker thread."""
+        with contextlib.suppress(sqlite3.Error):  # busy or failing: the next one retries
+            self._wait.execute("PRAGMA wal_checkpoint(PASSIVE)")
+
+    def close(self) -> None:
+        self._now.close()
+        self._wait.close()
 
 
 def _lease(r: Any) -> Lease:
