@@ -157,7 +157,8 @@ async def test_ring_pops_up_while_composing(
 async def test_alarm_after_callee_was_offline(
     mail_user: MailUser, mail_user2: MailUser, chserver_factory: ServerFactory, tmp_path: Path
 ) -> None:
-    """Calling an offline user leaves an alarm; at their next start it is listed with a bell."""
+    """Calling an offline user leaves an alarm; at their next start it is listed, and Enter
+    calls the caller back."""
     alice, bob = mail_user, mail_user2
     srv = await _server(chserver_factory, alice, bob)
     await deliver_chat_mail(srv, alice, bob, "Quarterly numbers")
@@ -165,10 +166,25 @@ async def test_alarm_after_callee_was_offline(
     async with other_client(srv, bob) as bob_engine:
         state = await bob_engine.escalate(mail_ref(raw))
         assert state.state == "alarmed"
-    async with running_tui(config_for(alice, srv), tmp_path) as (app, pilot):
+    await deliver_chat_mail(srv, bob, alice, "Re: Quarterly numbers")
+    async with (
+        running_tui(config_for(alice, srv), tmp_path) as (app, pilot),
+        other_client(srv, bob) as bob_engine,
+    ):
         await wait_for(pilot, lambda: bool(app.alarms), "alarm pushed at login")
         assert app.alarms[0].caller == bob.name
+        ml = app.screen.query_one(MessageList)
+        await wait_for(pilot, lambda: ml.total == 1, "bob's chat mail synced")
         await pilot.press("A")
         await wait_for(pilot, lambda: isinstance(app.screen, AlarmsScreen), "alarms screen")
         await wait_for(pilot, lambda: "Quarterly numbers" in screen_text(app), "alarm listed")
         assert bob.name in screen_text(app)
+        await pilot.press("enter")
+        rang = asyncio.ensure_future(bob_engine.next_ring())
+        await wait_for(pilot, rang.done, "bob's phone rings")
+        ring = rang.result()
+        assert ring.caller == alice.name
+        assert ring.subject == "Re: Quarterly numbers"
+        main = app.main
+        assert main is not None
+        await wait_for(pilot, lambda: bool(main.query(ChatPane)), "chat pane while ringing")

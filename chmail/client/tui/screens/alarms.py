@@ -81,5 +81,10 @@ class AlarmsScreen(Screen[str | None]):
             return
         self.dismiss(session)
 
+    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
+        """Enter on a row (the table takes the key first)."""
+        event.stop()
+        self.action_call_back()
+
     def action_close(self) -> None:
         self.dismiss(None)

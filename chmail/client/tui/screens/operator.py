@@ -75,5 +75,10 @@ class OperatorScreen(Screen[str | None]):
             return
         self.dismiss(key)
 
+    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
+        """Enter on a row (the table takes the key first)."""
+        event.stop()
+        self.action_take()
+
     def action_close(self) -> None:
         self.dismiss(None)
