@@ -8,6 +8,7 @@ their own SQL in their own store module over the same ``db`` connection.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import sqlite3
@@ -218,6 +219,14 @@ _SAVE_LEASE = (
 )
 
 
+ROWS_PER_STATEMENT = 500  # 11 parameters each: well below SQLite's 32,766 limit
+
+
+@functools.lru_cache(maxsize=64)
+def _save_many(n: int) -> str:
+    return _SAVE_LEASE + ", (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)" * (n - 1)
+
+
 def _lease_row(x: Lease) -> tuple[object, ...]:
     return (
         x.port,
@@ -260,9 +269,14 @@ class LeaseLog:
 
     @staticmethod
     def _write(conn: sqlite3.Connection, leases: list[Lease]) -> None:
+        """One statement (so one implicit transaction and one call) for a usual batch."""
+        rows = [_lease_row(x) for x in leases]
+        if len(rows) <= ROWS_PER_STATEMENT:
+            conn.execute(_save_many(len(rows)), [v for row in rows for v in row])
+            return
         conn.execute("BEGIN IMMEDIATE")
         try:
-            conn.executemany(_SAVE_LEASE, [_lease_row(x) for x in leases])
+            conn.executemany(_SAVE_LEASE, rows)
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
