@@ -10,11 +10,14 @@ from pathlib import Path
 
 from textual.widgets import Input
 
+from chmail import protocol_routing as r
 from chmail.client.chat import ChatEngine, mail_ref
 from chmail.client.chatsession import Line
 from chmail.client.chlink import ChLink
+from chmail.client.compose import stamp
 from chmail.client.tui.screens.alarms import AlarmsScreen
 from chmail.client.tui.screens.compose import ComposeScreen
+from chmail.client.tui.screens.operator import OperatorScreen
 from chmail.client.tui.screens.ring import RingScreen
 from chmail.client.tui.widgets.chat_pane import ChatPane
 from chmail.client.tui.widgets.message_list import MessageList
@@ -188,3 +191,55 @@ async def test_alarm_after_callee_was_offline(
         main = app.main
         assert main is not None
         await wait_for(pilot, lambda: bool(main.query(ChatPane)), "chat pane while ringing")
+
+
+async def test_operator_sees_campaign_chat_in_queue(
+    mail_user: MailUser, mail_user2: MailUser, chserver_factory: ServerFactory, tmp_path: Path
+) -> None:
+    """A customer's chat on a campaign mail is routed to the operator, whose ring and queue
+    show the campaign and product; Enter in the queue takes it."""
+    operator, member = mail_user, mail_user2
+    srv = await _server(chserver_factory, operator, member)
+    await srv.add_user("mall", emails=["mall@shop.example"])
+    mall = ChLink(srv.host, srv.port, "mall", srv.passwords["mall"])
+    await mall.start()
+    tasks: list[asyncio.Task[object]] = []
+
+    def brief(msg: object) -> None:
+        if isinstance(msg, r.RouteEvent) and msg.kind == "routed":
+            data = {"campaign": "Autumn sale", "product": "A-100 espresso machine"}
+            out = r.Brief(call=msg.call, operator=msg.operator, campaign=7, data=data)
+            tasks.append(asyncio.ensure_future(mall.request(out)))
+
+    mall.on_push(brief)
+    try:
+        await mall.request(r.RoutePool(campaign=7, operators=[operator.name]))
+        msg, mid = mail("mall@shop.example", member.address, "20% off the A-100", "Ask us!\n")
+        link = await mall.alloc_port(mid, [member.address], context="campaign=7; sku=A-100")
+        raw = stamp(bytes(msg), link)
+        async with (
+            running_tui(config_for(operator, srv), tmp_path) as (app, pilot),
+            other_client(srv, member) as customer,
+        ):
+            await wait_for(pilot, lambda: app.screen.query_one(StatusBar).ch_state == "online")
+            state = await customer.escalate(mail_ref(raw))
+            await wait_for(pilot, lambda: isinstance(app.screen, RingScreen), "the ring")
+            await wait_for(pilot, lambda: "Autumn sale" in screen_text(app), "the brief")
+            await pilot.press("l")
+            await wait_for(pilot, lambda: not isinstance(app.screen, RingScreen), "put off")
+            await pilot.press("Q")
+            await wait_for(pilot, lambda: isinstance(app.screen, OperatorScreen), "queue")
+            await wait_for(pilot, lambda: member.name in screen_text(app), "customer listed")
+            text = screen_text(app)
+            assert "Autumn sale" in text
+            assert "A-100 espresso machine" in text
+            await pilot.press("enter")
+            accepted = await customer.wait_state(state.call, ("accepted",))
+            assert accepted.state == "accepted"
+            main = app.main
+            assert main is not None
+            await wait_for(pilot, lambda: bool(main.query(ChatPane)), "chat pane")
+    finally:
+        await mall.close()
+        for t in tasks:
+            t.cancel()

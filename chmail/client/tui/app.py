@@ -51,6 +51,7 @@ class ChmailApp(App[None]):
         self.auto_sync = sync
         self.alarms: list[AlarmItem] = []
         self.rings: dict[str, RingScreen] = {}
+        self.later: set[str] = set()  # rings the user put off (l): not popped up again
         self.startup_notes: list[str] = []
         if config.ui.theme in self.available_themes:
             self.theme = config.ui.theme
@@ -157,6 +158,8 @@ class ChmailApp(App[None]):
         if ring.session in self.rings:
             self.rings[ring.session].set_context(ring.context)
             return
+        if ring.session in self.later:
+            return
         if self.config.ui.bell:
             self.bell()
         screen = RingScreen(ring)
@@ -164,7 +167,10 @@ class ChmailApp(App[None]):
 
         def answered(accept: bool | None) -> None:
             self.rings.pop(ring.session, None)
-            self.run_worker(self._answer(ring, bool(accept)), group="ring-answer")
+            if accept is None:
+                self.later.add(ring.session)
+            else:
+                self.run_worker(self._answer(ring, accept), group="ring-answer")
 
         self.push_screen(screen, answered)
 

@@ -14,12 +14,14 @@ from textual.widgets import Button, Static
 from chmail.client.tui.api import Ring
 
 
-class RingScreen(ModalScreen[bool]):
-    """Dismisses True to accept, False to decline."""
+class RingScreen(ModalScreen[bool | None]):
+    """Dismisses True to accept, False to decline, None to answer later (it keeps ringing
+    and stays in the operator's queue, Q)."""
 
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("y,a", "accept", "Accept", id="ring.accept"),
-        Binding("n,d,escape", "decline", "Decline", id="ring.decline"),
+        Binding("n,d", "decline", "Decline", id="ring.decline"),
+        Binding("l,escape", "later", "Later", id="ring.later"),
     ]
 
     def __init__(self, ring: Ring) -> None:
@@ -35,6 +37,7 @@ class RingScreen(ModalScreen[bool]):
             with Horizontal(id="ring-buttons"):
                 yield Button("Accept (y)", id="accept", variant="success")
                 yield Button("Decline (n)", id="decline", variant="error")
+            yield Static("l or esc: later (it keeps ringing; Q lists it)", id="ring-hint")
 
     def set_context(self, context: str) -> None:
         """What the mall's brief says (campaign, product), once it arrives."""
@@ -51,3 +54,6 @@ class RingScreen(ModalScreen[bool]):
     @on(Button.Pressed, "#decline")
     def action_decline(self) -> None:
         self.dismiss(False)
+
+    def action_later(self) -> None:
+        self.dismiss(None)
