@@ -31,6 +31,9 @@ def campaign_lock(data_dir: Path, cid: int) -> Iterator[None]:
         os.close(fd)
 
 
+COALESCE_S = 0.0005  # seconds: lets the other connections' writes join the batch
+
+
 def _consume(fut: asyncio.Future[None]) -> None:
     # A posted write nobody awaits must not log "exception never retrieved":
     # Committer.failed carries the error to the sender instead.
@@ -79,6 +82,8 @@ class Committer:
         while True:
             if not self.closing:
                 await self.wake.wait()
+                if COALESCE_S:
+                    await asyncio.sleep(COALESCE_S)
             self.wake.clear()
             batch, self.queue = self.queue, []
             if not batch:
