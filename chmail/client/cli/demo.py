@@ -151,6 +151,9 @@ async def run(args: argparse.Namespace) -> int:
     owner: subprocess.Popen[bytes] | None = None
     if state is None:
         owner, state = await start_services(data)
+        # A closed terminal (SIGHUP) or a kill (SIGTERM) still stops what we started.
+        for sig in (signal.SIGHUP, signal.SIGTERM):
+            signal.signal(sig, _exit_on_signal)
     else:
         print(f"Joining the running demo in {data} as {args.as_user}.", file=sys.stderr)
     try:
@@ -164,6 +167,10 @@ async def run(args: argparse.Namespace) -> int:
     finally:
         if owner is not None:
             stop_services(owner)
+
+
+def _exit_on_signal(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 async def start_services(data: Path) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:

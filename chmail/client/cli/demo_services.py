@@ -152,71 +152,81 @@ async def serve(data: Path) -> int:
     log.info("CH server on 127.0.0.1:%d", ch_port)
 
     dovecot: dv.Dovecot | None = None
-    mail_root = data / "mail"
-    if dv.available():
-        dovecot = dv.Dovecot(users={u: passwords[u] for u in USERS}, ssl=False, fsync=True)
-        await asyncio.to_thread(dovecot.start)
-        handler = smtp.DeliveryHandler(lmtp_path=dovecot.lmtp_path, users=set(USERS))
-        kind = "imap"
-    else:
-        log.warning("Dovecot is not installed: the demo uses Maildirs")
-        handler = smtp.DeliveryHandler(mail_root=mail_root, users=set(USERS))
-        kind = "maildir"
-    relay = await smtp.start_server(handler)
-    smtp_port = smtp.server_port(relay)
-
-    links = {u: ChLink("127.0.0.1", ch_port, u, passwords[u]) for u in ("alice", "bob", MALL[0])}
-    for link in links.values():
-        await link.start()
-    mall = links[MALL[0]]
-
-    def brief(msg: object) -> None:
-        # What the mall back office would send: the operator sees campaign and product.
-        if isinstance(msg, r.RouteEvent) and msg.kind == "routed":
-            data = {"campaign": "A-100 week (20% off)", "product": "A-100 espresso machine",
-                    "member": msg.member}  # fmt: skip
-            out = r.Brief(call=msg.call, operator=msg.operator, campaign=CAMPAIGN, data=data)
-            asyncio.get_running_loop().create_task(_quiet(mall.request(out)))
-
-    mall.on_push(brief)
+    relay: asyncio.Server | None = None
+    links: dict[str, ChLink] = {}
     try:
-        await links[MALL[0]].request(r.RoutePool(campaign=CAMPAIGN, operators=["operator"]))
-    except ChmailError as exc:  # routing is the shop's part; the demo runs without it
-        log.warning("campaign chats will not be routed to the operator: %s", exc)
-    boxes = await seed_mail(links)
-    await links["alice"].close()
-    await links["bob"].close()
-    for user, msgs in boxes.items():
-        if not msgs:
-            continue
-        if dovecot is not None:
-            await seed.seed_imap("127.0.0.1", dovecot.imap_port, user, passwords[user], msgs)
+        mail_root = data / "mail"
+        if dv.available():
+            dovecot = dv.Dovecot(users={u: passwords[u] for u in USERS}, ssl=False, fsync=True)
+            await asyncio.to_thread(dovecot.start)
+            handler = smtp.DeliveryHandler(lmtp_path=dovecot.lmtp_path, users=set(USERS))
+            kind = "imap"
         else:
-            seed.seed_maildir(mail_root / user / "Maildir", msgs)
+            log.warning("Dovecot is not installed: the demo uses Maildirs")
+            handler = smtp.DeliveryHandler(mail_root=mail_root, users=set(USERS))
+            kind = "maildir"
+        relay = await smtp.start_server(handler)
+        smtp_port = smtp.server_port(relay)
 
-    write_state(
-        data,
-        {
-            "pid": os.getpid(),
-            "kind": kind,
-            "ch_port": ch_port,
-            "smtp_port": smtp_port,
-            "imap_port": dovecot.imap_port if dovecot else 0,
-            "mail_root": str(mail_root),
-            "passwords": {u: passwords[u] for u in USERS},
-            "started": time.time(),
-        },
-    )
-    log.info("demo ready (mail: %s)", kind)
-    await stop.wait()
-    log.info("stopping the demo")
-    with contextlib.suppress(FileNotFoundError):
-        (data / "demo.json").unlink()
-    await links[MALL[0]].close()
-    relay.close()
-    with contextlib.suppress(Exception):
-        await asyncio.wait_for(relay.wait_closed(), 5)
-    await server.stop()
-    if dovecot is not None:
-        await asyncio.to_thread(dovecot.cleanup)
+        links = {
+            u: ChLink("127.0.0.1", ch_port, u, passwords[u]) for u in ("alice", "bob", MALL[0])
+        }
+        for link in links.values():
+            await link.start()
+        mall = links[MALL[0]]
+
+        def brief(msg: object) -> None:
+            # What the mall back office would send: the operator sees campaign and product.
+            if isinstance(msg, r.RouteEvent) and msg.kind == "routed":
+                info = {"campaign": "A-100 week (20% off)", "product": "A-100 espresso machine",
+                        "member": msg.member}  # fmt: skip
+                out = r.Brief(call=msg.call, operator=msg.operator, campaign=CAMPAIGN, data=info)
+                asyncio.get_running_loop().create_task(_quiet(mall.request(out)))
+
+        mall.on_push(brief)
+        try:
+            await links[MALL[0]].request(r.RoutePool(campaign=CAMPAIGN, operators=["operator"]))
+        except ChmailError as exc:  # routing is the shop's part; the demo runs without it
+            log.warning("campaign chats will not be routed to the operator: %s", exc)
+        boxes = await seed_mail(links)
+        await links["alice"].close()
+        await links["bob"].close()
+        for user, msgs in boxes.items():
+            if not msgs:
+                continue
+            if dovecot is not None:
+                await seed.seed_imap("127.0.0.1", dovecot.imap_port, user, passwords[user], msgs)
+            else:
+                seed.seed_maildir(mail_root / user / "Maildir", msgs)
+
+        write_state(
+            data,
+            {
+                "pid": os.getpid(),
+                "kind": kind,
+                "ch_port": ch_port,
+                "smtp_port": smtp_port,
+                "imap_port": dovecot.imap_port if dovecot else 0,
+                "mail_root": str(mail_root),
+                "passwords": {u: passwords[u] for u in USERS},
+                "started": time.time(),
+            },
+        )
+        log.info("demo ready (mail: %s)", kind)
+        await stop.wait()
+    finally:
+        # Whatever was started is stopped, also when start-up failed half-way.
+        log.info("stopping the demo")
+        with contextlib.suppress(FileNotFoundError):
+            (data / "demo.json").unlink()
+        for link in links.values():
+            with contextlib.suppress(ChmailError):
+                await link.close()
+        if relay is not None:
+            relay.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(relay.wait_closed(), 5)
+        await server.stop()
+        if dovecot is not None:
+            await asyncio.to_thread(dovecot.cleanup)
     return 0
