@@ -6,11 +6,6 @@ the network. Errors come back as sentences in the status bar.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import tempfile
-from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
 from textual import on, work
@@ -21,7 +16,7 @@ from textual.screen import Screen
 from textual.widgets import Footer, Input
 
 from chmail.client.cache_models import SEEN, Message
-from chmail.client.tui import chat_actions, compose_actions
+from chmail.client.tui import attachments, chat_actions, compose_actions
 from chmail.client.tui.first_view import FirstView
 from chmail.client.tui.mailview import MailView, parse
 from chmail.client.tui.screens.pick_folder import PickFolderScreen
@@ -336,31 +331,10 @@ class MainScreen(Screen[None]):
             self.status.say("Open a mail first (Enter), then V shows its source.")
 
     def action_save_attachments(self) -> None:
-        if self.view is None or not self.view.attachments:
-            self.status.say("This mail has no attachments.")
-            return
-        target = Path(os.environ.get("XDG_DOWNLOAD_DIR", Path.home() / "Downloads"))
-        target.mkdir(parents=True, exist_ok=True)
-        for a in self.view.attachments:
-            (target / a.filename).write_bytes(a.data)
-        self.status.say(f"Saved {len(self.view.attachments)} attachment(s) to {target}.")
+        self.status.say(attachments.save_all(self.view))
 
     def action_open_attachment(self) -> None:
-        if self.view is None or not self.view.attachments:
-            self.status.say("This mail has no attachments.")
-            return
-        a = self.view.attachments[0]
-        tmp = Path(tempfile.mkdtemp(prefix="chmail-")) / a.filename
-        tmp.write_bytes(a.data)
-        opener = "open" if sys.platform == "darwin" else "xdg-open"
-        try:
-            subprocess.Popen(
-                [opener, str(tmp)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-            )
-        except OSError:
-            self.status.say(f"No program to open it; saved to {tmp}.")
-            return
-        self.status.say(f"Opening {a.filename}.")
+        self.status.say(attachments.open_first(self.view))
 
     @work(group="sync", exclusive=True)
     async def action_sync(self) -> None:
