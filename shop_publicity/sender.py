@@ -332,7 +332,8 @@ class Sender:
         self, smtp: aiosmtplib.SMTP, rec: m.Recipient, raw: bytes, headers: str
     ) -> None:
         # Recorded as 'sending' before DATA can start. The write is posted first and
-        # awaited after RCPT, so the commit overlaps the MAIL/RCPT round trips; a crash
+        # synced after RCPT, so it usually rides in a commit another connection's
+        # demand started during our MAIL/RCPT round trips; a crash
         # before DATA then only makes a never-offered mail look uncertain (it is resent
         # once, which is its first delivery).
         sending = self.committer.post(
@@ -353,7 +354,7 @@ class Sender:
             smtp.close()
             raise _Retry(f"connection to {self.cfg.smtp_host} failed: {exc}") from exc
         # The point of no return: from here the server may take the mail.
-        await sending
+        await self.committer.sync(sending)
         try:
             await smtp.data(raw)
         except aiosmtplib.SMTPResponseException as exc:
