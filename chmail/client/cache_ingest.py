@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from chmail.client import cache_search, cache_threads
 from chmail.client.cache_local import LocalChanges, flags_text
@@ -19,6 +20,11 @@ from chmail.client.cache_models import SEEN, NewMessage
 from chmail.errors import StoreError
 
 _CHUNK = 500
+_cached_flags_text = functools.lru_cache(maxsize=256)(flags_text)  # few flag sets per mailbox
+
+
+def _flags_text(flags: Iterable[str]) -> str:
+    return _cached_flags_text(flags) if type(flags) is tuple else flags_text(flags)
 
 
 class Ingest(LocalChanges):
@@ -51,7 +57,11 @@ class Ingest(LocalChanges):
         db: sqlite3.Connection = self.conn._conn  # runs on aiosqlite's own thread
         known: set[int] = set()
         uids = [m.uid for m in msgs]
-        for i in range(0, len(uids), _CHUNK):
+        # A first sync of a folder (the big one) has nothing to look up.
+        has_rows = db.execute(
+            "SELECT 1 FROM messages WHERE folder_id = ? LIMIT 1", (folder_id,)
+        ).fetchone()
+        for i in range(0, len(uids) if has_rows else 0, _CHUNK):
             part = uids[i : i + _CHUNK]
             marks = ",".join("?" * len(part))
             cur = db.execute(
@@ -65,7 +75,7 @@ class Ingest(LocalChanges):
             (
                 folder_id, m.uid, uidvalidity, m.message_id, m.in_reply_to,
                 " ".join(m.references), tid, m.from_name, m.from_addr, m.to, m.cc, m.subject,
-                m.date, flags_text(m.flags), int(SEEN in m.flags), m.size,
+                m.date, _flags_text(m.flags), int(SEEN in m.flags), m.size,
                 int(bool(m.ch_headers)),
                 "".join(f"{n}: {v}\n" for n, v in m.ch_headers) if m.ch_headers else "",
                 (m.from_name or m.from_addr).casefold(), cache_search.subject_key(m.subject),

@@ -214,34 +214,142 @@ def _msgid(raw: bytes | None) -> str:
     return found[0] if found else ""
 
 
+# The spellings of the fields sync asks for that real mail uses: a block made only of
+# these (no folding, no duplicates, no body) takes header_fields' fast path.
+_CANON: dict[bytes, bytes] = {}
+for _n in (*SYNC_FIELDS, "Message-Id", "Message-id", "In-reply-to", "X-Ch-Login", "X-Ch-Port",
+           "X-Ch-Host", "X-Ch-Sig", "X-Ch-Context", "CC"):  # fmt: skip
+    for _v in (_n, _n.upper(), _n.lower()):
+        _CANON[_v.encode()] = _n.lower().encode()
+_CH_NAMES = frozenset(k for k in _CANON if k.lower().startswith(b"x-ch-"))
+
+
+def header_fields(block: bytes) -> tuple[dict[bytes, bytes], list[tuple[str, str]]]:
+    """The fields of a header block by lower-case name (first occurrence wins, values
+    unfolded, still encoded) and the X-CH-* fields in order (name as written, value).
+
+    Lines that are not ``name: value`` are skipped; a blank line after the first field
+    ends the block (what follows is a body). The common shape (CRLF lines, known field
+    names, ``Name: value``, no folding, no repeats) is split by C-level calls only; any
+    other goes through the line-by-line loop."""
+    if b"\n " in block or b"\n\t" in block:
+        block = _FOLD.sub(b"", block)  # RFC 5322 2.2.3: unfolding drops the CRLF only
+    body = block.rstrip(b"\r\n")
+    if b"\r\n\r\n" in body or body.count(b"\n") != body.count(b"\r\n") or b"\r" in body[-1:]:
+        return _header_fields_careful(block)
+    lines = body.split(b"\r\n")
+    try:
+        raw = dict(line.split(b": ", 1) for line in lines)
+    except ValueError:  # a line without ": "
+        return _header_fields_careful(block)
+    if len(raw) != len(lines) or not raw.keys() <= _CANON.keys():
+        return _header_fields_careful(block)
+    fields = {_CANON[k]: v.rstrip(b" \t\r") for k, v in raw.items()}
+    if len(fields) != len(raw):  # one field spelt two ways: first one wins
+        return _header_fields_careful(block)
+    ch: list[tuple[str, str]] = []
+    if not _CH_NAMES.isdisjoint(raw):
+        ch = [(k.decode(), v.decode("ascii", "replace")) for k, v in raw.items() if k in _CH_NAMES]
+    return fields, ch
+
+
+def _header_fields_careful(block: bytes) -> tuple[dict[bytes, bytes], list[tuple[str, str]]]:
+    """header_fields for any shape of block: one pass over the lines."""
+    if b"\n " in block or b"\n\t" in block:
+        block = _FOLD.sub(b"", block)  # RFC 5322 2.2.3: unfolding drops the CRLF only
+    lines = block.split(b"\r\n") if b"\r\n" in block else block.split(b"\n")
+    fields: dict[bytes, bytes] = {}
+    ch: list[tuple[str, str]] = []
+    for line in lines:
+        name, sep, value = line.partition(b":")
+        if not sep:
+            if not line.strip() and fields:
+                break  # the blank line: the body follows
+            continue
+        name = name.rstrip(b" \t").lower()
+        if not name or name != name.strip() or b" " in name or b"\t" in name:
+            continue
+        value = value.strip(b" \t\r")
+        if name.startswith(b"x-ch-"):
+            ch.append((line.partition(b":")[0].rstrip(b" \t").decode("ascii", "replace"),
+                       value.decode("ascii", "replace")))  # fmt: skip
+        if name not in fields:
+            fields[name] = value
+    return fields, ch
+
+
+# Address headers and dates repeat a lot in a mailbox (your own address in To, the same
+# senders): their parsed forms are remembered, bounded.
+_ADDR_CACHE: dict[bytes, tuple[list[tuple[str, str]], str]] = {}
+_DAY_CACHE: dict[bytes, int | None] = {}
+_CACHE_MAX = 8192
+
+
+def _addrs(raw: bytes) -> tuple[list[tuple[str, str]], str]:
+    """(pairs, display string) of an address header value; the pairs list is shared:
+    callers must not mutate it."""
+    hit = _ADDR_CACHE.get(raw)
+    if hit is None:
+        pairs = addresses(_text(raw))
+        hit = (pairs, format_addresses(pairs) if pairs else "")
+        if len(_ADDR_CACHE) >= _CACHE_MAX:
+            _ADDR_CACHE.clear()
+        _ADDR_CACHE[raw] = hit
+    return hit
+
+
+def _date(raw: bytes) -> int:
+    """parse_date with a fast path for the canonical ``Sun, 01 Nov 2026 10:00:00 +0000``."""
+    if len(raw) == 31 and raw[3:5] == b", " and raw[19:20] == b":" and raw[22:23] == b":":
+        day = raw[5:16]
+        base = _DAY_CACHE.get(day, -1)
+        if base == -1:
+            parts = day.split()
+            mon = (
+                _MONTHS.get(parts[1].decode("ascii", "replace").lower())
+                if len(parts) == 3
+                else None
+            )
+            base = None
+            if mon is not None and parts[0].isdigit() and parts[2].isdigit():
+                base = _midnight(parts[2].decode(), mon, parts[0].decode())
+            if len(_DAY_CACHE) >= _CACHE_MAX:
+                _DAY_CACHE.clear()
+            _DAY_CACHE[day] = base
+        clock, sign, zone = raw[17:25], raw[26:27], raw[27:31]
+        if (
+            base is not None
+            and raw[16:17] == b" "
+            and raw[25:26] == b" "
+            and sign in (b"+", b"-")
+            and zone.isdigit()
+            and clock[:2].isdigit()
+            and clock[3:5].isdigit()
+            and clock[6:].isdigit()
+        ):
+            hh, mm = int(clock[:2]), int(clock[3:5])
+            if hh < 24 and mm < 60:
+                secs = base + hh * 3600 + mm * 60 + int(clock[6:])
+                off = int(zone[:2]) * 3600 + int(zone[2:]) * 60
+                return secs - off if sign == b"+" else secs + off
+    return parse_date(raw.decode("ascii", "replace"))
+
+
 def new_message(
     uid: int, block: bytes, flags: tuple[str, ...] = (), size: int = 0, date: int = 0
 ) -> NewMessage:
     """Build the cache's view of one message from its (possibly partial) header block."""
-    cut = block.find(b"\n\r\n", 1)
-    if cut < 0:
-        cut = block.find(b"\n\n", 1)
-    if 0 < cut < len(block) - 3:  # a body follows: only the head counts
-        block = block[: cut + 1]
-    pairs = _HEADER_LINE.findall(block)
-    # First occurrence wins (reversed: later ones are overwritten by earlier ones).
-    fields = {k.lower(): v for k, v in reversed(pairs)}
-    ch: list[tuple[str, str]] = []
-    if b"x-ch-" in block.lower():
-        ch = [
-            (k.decode("ascii"), v.decode("ascii", "replace"))
-            for k, v in pairs
-            if k.lower().startswith(b"x-ch-")
-        ]
+    fields, ch = header_fields(block)
     get = fields.get
-    frm = addresses(_text(get(b"from", b"")))
-    to_raw, cc_raw = get(b"to"), get(b"cc")
-    to = addresses(_text(to_raw)) if to_raw else []
-    cc = addresses(_text(cc_raw)) if cc_raw else []
+    frm_raw, to_raw, cc_raw = get(b"from"), get(b"to"), get(b"cc")
+    frm = _addrs(frm_raw)[0] if frm_raw else []
+    to, to_text = _addrs(to_raw) if to_raw else ([], "")
+    cc, cc_text = _addrs(cc_raw) if cc_raw else ([], "")
     from_name, from_addr = frm[0] if frm else ("", "")
     refs_raw = get(b"references")
     refs = _ids(refs_raw)[-50:] if refs_raw else []  # bounded: runaway References
     date_raw = get(b"date")
+    subject = get(b"subject")
     return NewMessage(
         uid,
         _msgid(get(b"message-id")),
@@ -249,12 +357,12 @@ def new_message(
         refs,
         from_name,
         from_addr,
-        format_addresses(to) if to else "",
-        format_addresses(cc) if cc else "",
-        _text(get(b"subject", b"")),
-        (parse_date(date_raw.decode("ascii", "replace")) if date_raw else 0) or date,
+        to_text,
+        cc_text,
+        _text(subject) if subject else "",
+        (_date(date_raw) if date_raw else 0) or date,
         flags,
         size,
         ch,
-        frm + to + cc,
+        [*frm, *to, *cc],
     )

@@ -7,6 +7,7 @@ No I/O here; imap.py talks to the server and hands these the lines aioimaplib co
 from __future__ import annotations
 
 import base64
+import functools
 import re
 from collections.abc import Iterable
 from typing import Any
@@ -17,6 +18,8 @@ from chmail.client.mime_headers import new_message
 _UID = re.compile(rb"UID (\d+)")
 _FLAGS = re.compile(rb"FLAGS \(([^)]*)\)")
 _SIZE = re.compile(rb"RFC822\.SIZE (\d+)")
+# Dovecot's (and most servers') order of the items sync asks for: one match per message.
+_SYNC_ATTRS = re.compile(rb"[0-9]+ FETCH \(UID ([0-9]+) FLAGS \(([^)]*)\) RFC822\.SIZE ([0-9]+) ")
 _MODSEQ = re.compile(rb"MODSEQ \((\d+)\)")
 _CODE_NUM = re.compile(rb"\[(UIDVALIDITY|UIDNEXT|HIGHESTMODSEQ) (\d+)\]")
 _EXISTS = re.compile(rb"^(\d+) EXISTS")
@@ -128,6 +131,12 @@ def _unquote_mailbox(raw: bytes) -> str:
 def parse_headers_response(lines: list[Any], wanted: set[int]) -> list[NewMessage]:
     out: list[NewMessage] = []
     for attrs, literal in parse_fetch(lines):
+        m = _SYNC_ATTRS.match(attrs)
+        if m is not None:
+            uid, flags, size = int(m.group(1)), m.group(2), int(m.group(3))
+            if uid in wanted:
+                out.append(new_message(uid, literal or b"", _split_flags(flags), size))
+            continue
         m = _UID.search(attrs)
         if not m:
             continue
@@ -137,6 +146,11 @@ def parse_headers_response(lines: list[Any], wanted: set[int]) -> list[NewMessag
         s = _SIZE.search(attrs)
         out.append(new_message(uid, literal or b"", _flags(attrs), int(s.group(1)) if s else 0))
     return out
+
+
+@functools.lru_cache(maxsize=256)
+def _split_flags(raw: bytes) -> tuple[str, ...]:
+    return tuple(raw.decode("ascii", "replace").split())
 
 
 def _copyuid(lines: list[Any]) -> dict[int, int]:
