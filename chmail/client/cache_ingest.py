@@ -71,22 +71,26 @@ class Ingest(LocalChanges):
             known.update(r[0] for r in cur.fetchall())
         fresh = [m for m in msgs if m.uid not in known]
         tids = cache_threads.assign(db, msgs)
+        # Bound per row: what differs per row (16 values); the batch's folder and
+        # UIDVALIDITY are integers written into the statement, seen / has_ch are derived
+        # by SQLite from the flags and X-CH text (binding is most of the insert's cost).
         rows = [
             (
-                folder_id, m.uid, uidvalidity, m.message_id, m.in_reply_to,
-                " ".join(m.references), tid, m.from_name, m.from_addr, m.to, m.cc, m.subject,
-                m.date, _flags_text(m.flags), int(SEEN in m.flags), m.size,
-                int(bool(m.ch_headers)),
+                m.uid, m.message_id, m.in_reply_to, " ".join(m.references), tid,
+                m.from_name, m.from_addr, m.to, m.cc, m.subject, m.date,
+                _flags_text(m.flags), m.size,
                 "".join(f"{n}: {v}\n" for n, v in m.ch_headers) if m.ch_headers else "",
                 (m.from_name or m.from_addr).casefold(), cache_search.subject_key(m.subject),
             )
             for m, tid in zip(msgs, tids, strict=True)
         ]  # fmt: skip
         db.executemany(
-            "INSERT INTO messages (folder_id, uid, uidvalidity, message_id, in_reply_to,"
+            "INSERT INTO messages (folder_id, uid, uidvalidity, message_id, in_reply_to,"  # noqa: S608 (two ints)
             " refs, thread_id, from_name, from_addr, to_addrs, cc_addrs, subject, date,"
             " flags, seen, size, has_ch, ch_headers, sort_from, sort_subject, indexed)"
-            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,0)"
+            f" VALUES ({int(folder_id)}, ?1, {int(uidvalidity)}, ?2, ?3, ?4, ?5, ?6, ?7, ?8,"
+            " ?9, ?10, ?11, ?12, instr(' ' || ?12 || ' ', ' \\Seen ') > 0, ?13, ?14 != '',"
+            " ?14, ?15, ?16, 0)"
             " ON CONFLICT (folder_id, uid) DO UPDATE SET flags = excluded.flags,"
             " seen = excluded.seen",
             rows,
