@@ -299,3 +299,60 @@ async def test_unreachable_ch_server_sends_without_link(cache: Cache) -> None:
     assert waiting is not None
     assert waiting.state == store.QUEUED
     assert held not in handler.got
+
+
+@dataclass
+class DeferringHandler(FlakyHandler):
+    """FlakyHandler that answers 450 for carol the first ``defer`` times, 550 for dave,
+    and records every (Message-ID, recipient) it delivered to."""
+
+    defer: int = 2
+    delivered: Counter[tuple[str, str]] = field(default_factory=Counter)
+
+    async def handle_RCPT(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
+        if address.startswith("carol@") and self.defer > 0:
+            self.defer -= 1
+            return "450 4.2.1 Mailbox busy, try later"
+        if address.startswith("dave@"):
+            return "550 5.1.1 No such user"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        reply = await super().handle_DATA(server, session, envelope)
+        mid = email.message_from_bytes(envelope.original_content or b"")["Message-ID"]
+        for rcpt in envelope.rcpt_tos:
+            self.delivered[(mid, rcpt)] += 1
+        return reply
+
+
+async def test_deferred_recipient_is_retried_alone(cache: Cache, tmp_path: Path) -> None:
+    """A recipient deferred with 4xx while others took the mail gets it later on its own:
+    each recipient receives it once, the refused one never, and Sent holds one copy."""
+    handler = DeferringHandler(fail_rate=0, hang_rate=0)
+    server, port = await smtp_server(handler)
+    md = MaildirBackend("me", tmp_path / "Maildir")
+    await md.connect()
+    await md.create_folder("Sent")
+    told: list[str] = []
+    box = outbox(cache, port, sent_store=md, notify=lambda mid, text: told.append(text))
+    try:
+        mid = await box.send(
+            to=["bob@example.org", "carol@example.org"], cc=["dave@example.org"],
+            subject="to three", body="b",
+        )  # fmt: skip
+        await drain(box)
+    finally:
+        server.close()
+    assert handler.delivered == Counter(
+        {(mid, "bob@example.org"): 1, (mid, "carol@example.org"): 1}
+    )
+    assert handler.defer == 0
+    assert any("dave@example.org" in t and "550" in t for t in told)
+    item = await store.get(cache, mid)
+    assert item is not None
+    assert item.state == store.DONE
+    assert item.filed
+    assert len(await md.uids("Sent")) == 1

@@ -18,7 +18,7 @@ ACTIVE = (QUEUED, SENDING, SENT)
 
 _COLS = (
     "id, account, message_id, sender, recipients, raw, stamped, state, attempts, next_try,"
-    " last_error, ch_status, created, updated"
+    " last_error, ch_status, created, updated, filed"
 )
 
 
@@ -38,6 +38,7 @@ class OutboxItem:
     ch_status: str  # "", "stamped", "unlinked" (sent without X-CH: CH server unreachable)
     created: float
     updated: float
+    filed: bool = False  # already in Sent (some recipients took it, others were deferred)
 
     @property
     def data(self) -> bytes:
@@ -48,6 +49,7 @@ def _item(r: Any) -> OutboxItem:
     return OutboxItem(
         r[0], r[1], r[2], r[3], json.loads(r[4]), bytes(r[5]),
         bytes(r[6]) if r[6] is not None else None, r[7], r[8], r[9], r[10], r[11], r[12], r[13],
+        bool(r[14]),
     )  # fmt: skip
 
 
@@ -107,9 +109,12 @@ async def next_due(cache: Cache, account: str) -> float | None:
 
 
 async def update(cache: Cache, item_id: int, **fields: Any) -> None:
-    allowed = {"state", "attempts", "next_try", "last_error", "ch_status", "stamped"}
+    allowed = {"state", "attempts", "next_try", "last_error", "ch_status", "stamped", "filed"}
+    allowed.add("recipients")  # a list, stored as JSON
     if not fields or not set(fields) <= allowed:
         raise ValueError(f"bad outbox fields {sorted(fields)}")
+    if "recipients" in fields:
+        fields["recipients"] = json.dumps(list(fields["recipients"]))
     sets = ", ".join(f"{k} = ?" for k in fields)
     async with cache.transaction() as db:
         await db.execute(

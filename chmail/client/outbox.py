@@ -292,6 +292,10 @@ class Outbox:
             await self._retry(item, f"{type(exc).__name__}: {exc}")
             return None, False
         attempts = item.attempts + 1
+        deferred = {r: resp for r, resp in errors.items() if resp[0] < 500}
+        if deferred:  # the others took it: retry the deferred recipients on their own
+            await self._defer_some(item, deferred, errors)
+            return client, False
         if self.sent_store is not None:  # filing into Sent still to do
             await store.update(
                 self.cache, item.id, state=store.SENT, attempts=attempts, last_error=""
@@ -305,9 +309,30 @@ class Outbox:
             self.notify(item.message_id, f"Sent, but some recipients were refused: {text}")
         return client, True
 
+    async def _defer_some(
+        self, item: OutboxItem, deferred: dict[str, Any], errors: dict[str, Any]
+    ) -> None:
+        """Some recipients took the mail, others answered 4xx: file it in Sent now (once),
+        keep only the deferred recipients on the row and retry them with backoff; 5xx
+        refusals among the others are told to the user, never retried."""
+        refused = {r: resp for r, resp in errors.items() if r not in deferred}
+        if refused:
+            text = "; ".join(f"{r}: {c} {m}" for r, (c, m) in refused.items())
+            self.notify(item.message_id, f"Sent, but some recipients were refused: {text}")
+        filed = item.filed
+        if self.sent_store is not None and not filed:
+            try:
+                await self.sent_store.append(await self._sent_folder(), item.data, flags=["\\Seen"])
+                filed = True
+            except ChmailError as exc:  # filed with the last recipient instead
+                log.info("filing %s in Sent failed, will retry: %s", item.message_id, exc)
+        await store.update(self.cache, item.id, recipients=list(deferred), filed=int(filed))
+        text = "; ".join(f"{r}: {c} {m}" for r, (c, m) in deferred.items())
+        await self._retry(item, f"recipients deferred: {text}")
+
     async def _file(self, item: OutboxItem) -> bool:
-        """Append to Sent (if there is a store), then done."""
-        if self.sent_store is None:
+        """Append to Sent (if there is a store and it is not there yet), then done."""
+        if self.sent_store is None or item.filed:
             if item.state != store.DONE:
                 await store.update(self.cache, item.id, state=store.DONE)
             return True
