@@ -145,9 +145,14 @@ async def test_ring_pops_up_while_composing(
             state = await bob_engine.escalate(mail_ref(raw))
             assert state.state == "ringing"
             await wait_for(pilot, lambda: isinstance(app.screen, RingScreen), "the ring")
-            text = screen_text(app)
-            assert bob.name in text
-            assert "Slides for Monday" in text
+            await wait_for(
+                pilot,
+                lambda: (
+                    f"{bob.name} wants to chat" in screen_text(app)
+                    and "Slides for Monday" in screen_text(app)
+                ),
+                "the ring names the caller and the mail",
+            )
             await pilot.press("y")
             accepted = await bob_engine.wait_state(state.call, ("accepted",))
             assert accepted.state == "accepted"

@@ -130,7 +130,7 @@ async def test_draft_is_kept_and_resumed(mail_user: MailUser, tmp_path: Path) ->
         await wait_for(pilot, lambda: not isinstance(app.screen, ComposeScreen), "closed")
         await pilot.press("D")
         await wait_for(pilot, lambda: isinstance(app.screen, PickFolderScreen), "draft list")
-        assert "Half-written thoughts" in screen_text(app)
+        await wait_for(pilot, lambda: "Half-written thoughts" in screen_text(app), "listed")
         picker = app.screen
         assert isinstance(picker, PickFolderScreen)
         picker.dismiss(picker.folders[0])
