@@ -166,12 +166,18 @@ class FastProtocol(_aio.IMAP4ClientProtocol):  # type: ignore[misc]
                 f"The IMAP server announced a {size:,}-byte item, more than the "
                 f"{self.max_literal:,}-byte limit; the connection was closed."
             )
-        if start + size > end:
+        stop = start + size
+        if stop > end:
             return -1
         fc.append_to_resp(line[2:])
-        fc._resp_lines.append(bytearray(buf[start : start + size]))
+        fc._resp_lines.append(bytearray(buf[start:stop]))
+        if buf[stop : stop + 3] == b")\r\n":  # the usual end of the item: take it now
+            fc._resp_lines.append(b")")
+            fc._depth -= 1
+            self._cur = None
+            return stop + 3
         self._cur = fc  # the rest of the item (")" or more attributes) belongs to it
-        return start + size
+        return stop
 
     async def fetch(
         self,
