@@ -298,40 +298,37 @@ def _addrs(raw: bytes) -> tuple[list[tuple[str, str]], str]:
     return hit
 
 
+_CANONICAL_DATE = re.compile(
+    rb"[A-Za-z]{3}, ([0-9]{2} [A-Za-z]{3} [0-9]{4}) "
+    rb"([0-9]{2}):([0-9]{2}):([0-9]{2}) ([+-])([0-9]{4})"
+)
+
+
+def _day(day: bytes) -> int | None:
+    """Unix seconds of 00:00 UTC of ``01 Nov 2026`` (remembered)."""
+    base = _DAY_CACHE.get(day, -1)
+    if base == -1:
+        dd, mon, year = day.decode("ascii").split()
+        month = _MONTHS.get(mon.lower())
+        base = _midnight(year, month, dd) if month is not None else None
+        if len(_DAY_CACHE) >= _CACHE_MAX:
+            _DAY_CACHE.clear()
+        _DAY_CACHE[day] = base
+    return base
+
+
 def _date(raw: bytes) -> int:
     """parse_date with a fast path for the canonical ``Sun, 01 Nov 2026 10:00:00 +0000``."""
-    if len(raw) == 31 and raw[3:5] == b", " and raw[19:20] == b":" and raw[22:23] == b":":
-        day = raw[5:16]
-        base = _DAY_CACHE.get(day, -1)
-        if base == -1:
-            parts = day.split()
-            mon = (
-                _MONTHS.get(parts[1].decode("ascii", "replace").lower())
-                if len(parts) == 3
-                else None
-            )
-            base = None
-            if mon is not None and parts[0].isdigit() and parts[2].isdigit():
-                base = _midnight(parts[2].decode(), mon, parts[0].decode())
-            if len(_DAY_CACHE) >= _CACHE_MAX:
-                _DAY_CACHE.clear()
-            _DAY_CACHE[day] = base
-        clock, sign, zone = raw[17:25], raw[26:27], raw[27:31]
-        if (
-            base is not None
-            and raw[16:17] == b" "
-            and raw[25:26] == b" "
-            and sign in (b"+", b"-")
-            and zone.isdigit()
-            and clock[:2].isdigit()
-            and clock[3:5].isdigit()
-            and clock[6:].isdigit()
-        ):
-            hh, mm = int(clock[:2]), int(clock[3:5])
-            if hh < 24 and mm < 60:
-                secs = base + hh * 3600 + mm * 60 + int(clock[6:])
-                off = int(zone[:2]) * 3600 + int(zone[2:]) * 60
-                return secs - off if sign == b"+" else secs + off
+    m = _CANONICAL_DATE.fullmatch(raw)
+    if m is not None:
+        day, hh, mm, ss, sign, zone = m.groups()
+        base = _day(day)
+        h, mi = int(hh), int(mm)
+        if base is not None and h < 24 and mi < 60:
+            secs = base + h * 3600 + mi * 60 + int(ss)
+            z = int(zone)
+            off = (z // 100) * 3600 + (z % 100) * 60
+            return secs - off if sign == b"+" else secs + off
     return parse_date(raw.decode("ascii", "replace"))
 
 
