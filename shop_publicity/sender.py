@@ -168,6 +168,7 @@ class Sender:
             self.cfg.rate_window_seconds,
             earlier,
         )
+        self.limited = self.cfg.rate_per_second > 0 or self.cfg.rate_window_max > 0
         self.committer.start()
         watcher = asyncio.create_task(self._watch_pause())
         try:
@@ -310,7 +311,8 @@ class Sender:
                 msg_id=rec.message_id,
                 tpls=self.tpls,
             )
-            await self.limiter.acquire()
+            if self.limited:  # no per-mail lock and clock reads when there is no limit
+                await self.limiter.acquire()
             await self._smtp_send(smtp, rec, mail.raw, headers)
         except _Retry as exc:
             await self._retry(rec, str(exc))
