@@ -82,13 +82,16 @@ async def test_server_error_carries_code(chserver: RunningServer) -> None:
 
 
 async def test_presence_follows_links(chserver: RunningServer) -> None:
-    """presence() reports who has a live link."""
+    """presence() reports who has a live link (of a login that mailed us a chat link)."""
     await chserver.add_user("alice")
     await chserver.add_user("bob")
     async with chserver.link("alice") as alice:
         assert await alice.presence(["alice", "bob"]) == {"alice": True, "bob": False}
-        async with chserver.link("bob"):
+        async with chserver.link("bob") as bob:
+            await bob.alloc_port("<to-alice@example.org>", ["alice@example.org"])
             assert await alice.presence(["bob"]) == {"bob": True}
+        await chserver.wait_for(lambda: not chserver.server.is_online("bob"))
+        assert await alice.presence(["bob"]) == {"bob": False}
 
 
 async def test_push_reaches_callback_and_queue(chserver: RunningServer) -> None:

@@ -85,3 +85,6 @@ def test_pool_invariants(ops: list[tuple[int, list[int], int]]) -> None:
         assert len(pool) <= pool.size
         leases = pool.leases()
         assert len({x.port for x in leases}) == len(leases)
+        for x in leases:  # the per-login index agrees with the leases
+            assert x in pool.leases_of(x.login)
+        assert sum(len(pool.leases_of(f"u{w}")) for w in range(3)) == len(leases)

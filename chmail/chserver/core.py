@@ -17,33 +17,37 @@ Rules:
 from __future__ import annotations
 
 import asyncio
-import collections
-import concurrent.futures
 import logging
+import math
 import re
 import time
 
 from chmail import headers
 from chmail import protocol as p
+from chmail.chserver.access import (
+    IP_FAILURES,
+    IP_WINDOW,
+    LOGIN_FAILURES,
+    LOGIN_WINDOW,
+    FailureWindow,
+    related,
+)
 from chmail.chserver.auth import Hasher, valid_login
 from chmail.chserver.ports import LEASE_BLOCK, Lease
 from chmail.chserver.server import ChServer, Context, Defer
-from chmail.chserver.store import LeaseLog, ServerStore
+from chmail.chserver.store import USERS_REMOVED, ServerStore
 from chmail.errors import HeaderError, ValidationError
 
 log = logging.getLogger(__name__)
 
 MAX_AUTH_FAILURES = 3  # per connection, then it is closed
-IP_FAILURES = 20  # failed logins from one address within IP_WINDOW ...
-IP_WINDOW = 60.0  # ... after which that address gets rate_limited until the window clears
-MAX_TRACKED_IPS = 10_000
+USER_CHECK_INTERVAL = 1.0  # seconds between looks for removed users (one tiny query)
 MAX_RECIPIENTS = 1000
 MAX_THREAD = 200
 MAX_PRESENCE = 1000
 MAX_ADDRESS = 254  # RFC 5321 4.5.3.1.3 (path) minus the angle brackets
 _ADDRESS = re.compile(r"[^\s@<>\"]{1,64}@[^\s@<>\"]{1,253}")
 LEASE_COUNTER = "lease_reserved"
-CHECKPOINT_EVERY = 1000  # table-2 commits between WAL checkpoints (in the worker thread)
 
 
 class LeaseWriter:
@@ -51,22 +55,21 @@ class LeaseWriter:
 
     An allocation is decided in memory (the pool), queued here with its reply, and the
     reply is sent only once the lease is committed. Allocations that arrive together
-    (in the same turn of the event loop, or while a previous write waits for the
-    database lock) are committed in one transaction; a lone one is committed at once.
-    There is no timer. Writes happen in order: a batch starts only after the previous
-    one has committed.
+    (in the same turn of the event loop, or while the previous commit is under way) are
+    committed in one transaction; a lone one is committed at once. There is no timer.
+    Batches are written one after the other, in order, through the store's connection
+    (a second connection writing the same file would make other modules' read-then-write
+    transactions fail with "database is locked").
     """
 
     def __init__(self, store: ServerStore) -> None:
-        self.log = LeaseLog(store.path)
+        self.store = store
         self._batch: dict[int, Lease] = {}
         self._waiting: list[tuple[Context, p.Message]] = []
         self._scheduled = False
-        self._busy = False  # a write is in the worker thread
-        self._commits = 0
+        self._busy = False  # a batch is being committed
         self._idle = asyncio.Event()
         self._idle.set()
-        self._thread = concurrent.futures.ThreadPoolExecutor(1, "chserver-leases")
 
     def submit(self, lease: Lease, ctx: Context, reply: p.Message) -> None:
         """Commit ``lease`` with the next batch, then send ``reply`` on ``ctx``."""
@@ -83,10 +86,6 @@ class LeaseWriter:
 
     async def close(self) -> None:
         await self._idle.wait()
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._thread, self.log.checkpoint)
-        self._thread.shutdown()
-        self.log.close()
 
     def _commit(self) -> None:
         self._scheduled = False
@@ -94,35 +93,21 @@ class LeaseWriter:
             return
         leases, waiting = list(self._batch.values()), self._waiting
         self._batch, self._waiting = {}, []
-        try:
-            done = self.log.write_now(leases)
-        except Exception as exc:
-            self._answer(waiting, exc)
-            return
-        if done:
-            self._answer(waiting, None)
-            return
-        self._busy = True  # another connection holds the lock: wait for it off the loop
-        fut = asyncio.get_running_loop().run_in_executor(self._thread, self.log.write_wait, leases)
-        fut.add_done_callback(lambda f: self._waited(f, waiting))
+        self._busy = True
+        task = asyncio.ensure_future(self.store.save_leases(leases))
+        task.add_done_callback(lambda t: self._done(t, waiting))
 
-    def _waited(self, fut: asyncio.Future[None], waiting: list[tuple[Context, p.Message]]) -> None:
+    def _done(self, task: asyncio.Future[None], waiting: list[tuple[Context, p.Message]]) -> None:
         self._busy = False
-        exc = fut.exception()
-        self._answer(waiting, exc if isinstance(exc, Exception) else None)
-
-    def _answer(self, waiting: list[tuple[Context, p.Message]], exc: Exception | None) -> None:
-        if exc is not None:
-            log.error("writing table 2 failed: %s", exc)
+        exc = None if task.cancelled() else task.exception()
+        if task.cancelled() or exc is not None:
+            log.error("writing table 2 failed: %r", exc)
         for ctx, reply in waiting:
-            if exc is None:
+            if exc is None and not task.cancelled():
                 ctx.send(reply)
             else:
                 msg = "the server could not record the allocation; try again"
                 ctx.send(p.Error(code=p.E_INTERNAL, message=msg, id=getattr(reply, "id", None)))
-        self._commits += 1
-        if self._commits % CHECKPOINT_EVERY == 0:
-            asyncio.get_running_loop().run_in_executor(self._thread, self.log.checkpoint)
         if self._batch:
             self._commit()  # what arrived meanwhile: the next group
         else:
@@ -134,7 +119,9 @@ class Core:
         self.server = server
         self.hasher = hasher
         self.writer = LeaseWriter(server.store)
-        self._failures: dict[str, collections.deque[float]] = {}
+        self.ip_failures = FailureWindow(IP_FAILURES, IP_WINDOW)
+        self.login_failures = FailureWindow(LOGIN_FAILURES, LOGIN_WINDOW)
+        self._users_removed = 0
 
     def install(self) -> None:
         s = self.server
@@ -146,6 +133,8 @@ class Core:
 
         async def start() -> None:
             s.pool.reserved = await s.store.counter(LEASE_COUNTER)
+            self._users_removed = await s.store.counter(USERS_REMOVED)
+            s.spawn(self.watch_users())
 
         s.on_start(start)
         s.add_closer(self.writer.close)
@@ -167,9 +156,16 @@ class Core:
                 raise ValidationError(f"advertised host: {exc.message}", code=p.E_INVALID) from None
         elif msg.direct:
             raise ValidationError("direct mode needs an advertised host", code=p.E_INVALID)
-        if self._throttled(ctx.peer_ip):
+        if self.ip_failures.blocked_for(ctx.peer_ip):
             raise ValidationError(
                 "too many failed logins from this address; wait a minute", code=p.E_RATE_LIMITED
+            )
+        wait = self.login_failures.blocked_for(login)
+        if wait:
+            raise ValidationError(
+                f"too many failed logins for {login!r}; this login is locked for"
+                f" {math.ceil(wait / 60)} more minute(s)",
+                code=p.E_RATE_LIMITED,
             )
         ctx.authenticating = True
         try:
@@ -179,10 +175,8 @@ class Core:
             ctx.authenticating = False
         if not ok or ctx.closed:
             ctx.auth_failures += 1
-            self._failures.setdefault(ctx.peer_ip, collections.deque()).append(time.monotonic())
-            if len(self._failures) > MAX_TRACKED_IPS:  # many addresses: forget the quiet ones
-                for ip in list(self._failures):
-                    self._throttled(ip)
+            self.ip_failures.add(ctx.peer_ip)
+            self.login_failures.add(login)
             log.info("conn %d: failed login as %s from %s", ctx.id, login, ctx.peer_ip)
             err = p.Error(
                 code=p.E_AUTH_FAILED,
@@ -193,12 +187,16 @@ class Core:
             if ctx.auth_failures >= MAX_AUTH_FAILURES:
                 ctx.close("too many failed logins")
             return None
+        self.login_failures.clear(login)
         ctx.login = login
         ctx.host = host
         ctx.direct = msg.direct
         await self.server.registry.attach(
             ctx, host=host or ctx.peer_ip, observed_ip=ctx.peer_ip, direct=msg.direct
         )
+        if await self.server.store.get_hash(login) is None:  # removed while we checked
+            ctx.fail(p.E_AUTH_FAILED, f"the login {login!r} was removed from this server")
+            return None
         cfg = self.server.config
         ctx.send(
             p.AuthOk(
@@ -217,18 +215,28 @@ class Core:
                 log.exception("auth hook failed")
         return None
 
-    def _throttled(self, ip: str) -> bool:
-        """Has ``ip`` failed IP_FAILURES logins within the last IP_WINDOW seconds?"""
-        recent = self._failures.get(ip)
-        if recent is None:
-            return False
-        cutoff = time.monotonic() - IP_WINDOW
-        while recent and recent[0] < cutoff:
-            recent.popleft()
-        if not recent:
-            del self._failures[ip]
-            return False
-        return len(recent) >= IP_FAILURES
+    async def watch_users(self) -> None:
+        """Close the live links of users removed meanwhile (``chmail-server user remove``
+        in another process bumps a counter in the database; one small query a tick)."""
+        store = self.server.store
+        while True:
+            await asyncio.sleep(USER_CHECK_INTERVAL)
+            try:
+                removed = await store.counter(USERS_REMOVED)
+                if removed == self._users_removed:
+                    continue
+                self._users_removed = removed
+                await self.close_removed(await store.logins())
+            except Exception:
+                log.exception("checking for removed users failed")
+
+    async def close_removed(self, existing: set[str]) -> None:
+        for login in list(self.server.registry.logins()):
+            if login in existing:
+                continue
+            log.info("user %s was removed; closing their links", login)
+            for ctx in self.server.connections(login):
+                ctx.fail(p.E_AUTH_FAILED, f"the login {login!r} was removed from this server")
 
     async def alloc(self, ctx: Context, msg: p.Alloc) -> p.Message | None:
         """The slow path: reserve the next block of lease numbers on disk first."""
@@ -290,7 +298,8 @@ class Core:
         return None
 
     async def presence(self, ctx: Context, msg: p.Presence) -> p.Message | None:
-        ctx.require_login()
+        """Online state of related logins; everyone else reads as offline (access.py)."""
+        me = ctx.require_login()
         if len(msg.logins) > MAX_PRESENCE:
             raise ValidationError(f"ask for at most {MAX_PRESENCE} logins", code=p.E_LIMIT)
         online: dict[str, bool] = {}
@@ -299,6 +308,15 @@ class Core:
                 online[valid_login(login)] = self.server.is_online(login)
             except ValidationError as exc:
                 raise ValidationError(exc.message, code=p.E_INVALID) from None
+        asking = [x for x, on in online.items() if on and x != me]
+        if asking:  # only an online login can need hiding
+            store, pool, now = self.server.store, self.server.pool, int(time.time())
+            mine = await store.emails_of(me)
+            my_leases = pool.leases_of(me)
+            for other in asking:
+                theirs = pool.leases_of(other)
+                emails = await store.emails_of(other) if my_leases else []
+                online[other] = related(me, mine, other, emails, my_leases, theirs, now)
         return p.PresenceOk(id=msg.id, online=online)
 
 

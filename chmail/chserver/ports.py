@@ -98,6 +98,7 @@ class PortPool:
         # port -> lease, least recently used first (the recycling order).
         self._leases: OrderedDict[int, Lease] = OrderedDict()
         self._by_message: dict[str, int] = {}
+        self._by_login: dict[str, set[int]] = {}
         top = lease_reserved
         for lease in sorted(leases, key=lambda x: (x.updated_at, x.port)):
             self._put(lease)
@@ -121,6 +122,10 @@ class PortPool:
     def leases(self) -> list[Lease]:
         return sorted(self._leases.values(), key=lambda x: x.port)
 
+    def leases_of(self, login: str) -> list[Lease]:
+        """The leases ``login`` holds now (expired ones included until recycled)."""
+        return [self._leases[port] for port in self._by_login.get(login, ())]
+
     def needs_reservation(self) -> bool:
         """True when the next lease number is not yet reserved on disk."""
         return self.next_lease > self.reserved
@@ -131,7 +136,13 @@ class PortPool:
             for mid in old.message_ids:
                 if self._by_message.get(mid) == lease.port:
                     del self._by_message[mid]
+            ports = self._by_login.get(old.login)
+            if ports is not None:
+                ports.discard(lease.port)
+                if not ports:
+                    del self._by_login[old.login]
         self._leases[lease.port] = lease
+        self._by_login.setdefault(lease.login, set()).add(lease.port)
         for mid in lease.message_ids:
             self._by_message[mid] = lease.port
 

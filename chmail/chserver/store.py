@@ -23,6 +23,7 @@ from chmail.chserver.ports import Lease
 from chmail.errors import StoreError, ValidationError
 
 DB_FILE = "chserver.sqlite3"
+USERS_REMOVED = "users_removed"  # meta counter: bumped by every user removal
 
 
 @dataclass(frozen=True)
@@ -109,9 +110,27 @@ class ServerStore:
         return cur.rowcount > 0
 
     async def remove_user(self, login: str) -> bool:
-        cur = await self.db.execute("DELETE FROM users WHERE login = ?", (login,))
-        await self.db.commit()
+        """Delete the user and bump ``users_removed``, which a running server watches
+        (it closes the removed user's live links, see core.Core.watch_users)."""
+        await self.db.execute("BEGIN IMMEDIATE")
+        try:
+            cur = await self.db.execute("DELETE FROM users WHERE login = ?", (login,))
+            if cur.rowcount > 0:
+                await self.db.execute(
+                    "INSERT INTO meta(key, value) VALUES (?, 1)"
+                    " ON CONFLICT(key) DO UPDATE SET value = value + 1",
+                    (USERS_REMOVED,),
+                )
+            await self.db.commit()
+        except BaseException:
+            await self.db.rollback()
+            raise
         return cur.rowcount > 0
+
+    async def logins(self) -> set[str]:
+        """Every login that has an account."""
+        async with self.db.execute("SELECT login FROM users") as cur:
+            return {str(r[0]) for r in await cur.fetchall()}
 
     async def login_for_email(self, email: str) -> str | None:
         async with self.db.execute(
@@ -188,11 +207,25 @@ class ServerStore:
         return None if row is None else _lease(row)
 
     async def save_leases(self, leases: list[Lease]) -> None:
-        """Write (insert or replace) the given leases in one transaction."""
-        if not leases:
-            return
-        await self.db.executemany(_SAVE_LEASE, [_lease_row(x) for x in leases])
-        await self.db.commit()
+        """Write (insert or replace) and commit the given leases in one transaction.
+
+        One trip to the connection's thread: the statement and the commit run there
+        together (the lease writer waits for it before answering the allocations).
+        """
+        if leases:
+            await self.db._execute(self._save_leases, leases)  # type: ignore[no-untyped-call]
+
+    def _save_leases(self, leases: list[Lease]) -> None:
+        conn = self.db._conn  # runs in the aiosqlite thread (private API)
+        rows = [_lease_row(x) for x in leases]
+        try:
+            for i in range(0, len(rows), ROWS_PER_STATEMENT):
+                chunk = rows[i : i + ROWS_PER_STATEMENT]
+                conn.execute(_save_many(len(chunk)), [v for row in chunk for v in row])
+            conn.commit()
+        except BaseException:
+            conn.rollback()
+            raise
 
     # ------------------------------------------------------------------ counters
 
@@ -241,75 +274,6 @@ def _lease_row(x: Lease) -> tuple[object, ...]:
         x.updated_at,
         x.expires,
     )
-
-
-class LeaseLog:
-    """Table 2's own write path: plain sqlite3 connections to the server database, so a
-    group of allocations is committed in one transaction before any of them is answered.
-
-    ``write_now`` runs on the event loop thread and never waits for a lock (busy
-    timeout 0; a commit in WAL mode with synchronous=NORMAL is a few tens of
-    microseconds, no fsync); it returns False when another connection holds the write
-    lock, and the caller then uses ``write_wait`` in a worker thread. The loop-side
-    connection never checkpoints (that could stall the loop on an fsync); ``checkpoint``
-    copies the WAL into the database from the worker thread.
-    """
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._now = self._connect(busy_ms=0)
-        self._now.execute("PRAGMA wal_autocheckpoint=0")
-        self._wait = self._connect(busy_ms=5000, any_thread=True)
-
-    def _connect(self, *, busy_ms: int, any_thread: bool = False) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=not any_thread)
-        conn.execute(f"PRAGMA busy_timeout={busy_ms}")
-        conn.execute("PRAGMA synchronous=NORMAL")
-        return conn
-
-    @staticmethod
-    def _write(conn: sqlite3.Connection, leases: list[Lease]) -> None:
-        """One statement (so one implicit transaction and one call) for a usual batch."""
-        rows = [_lease_row(x) for x in leases]
-        if len(rows) <= ROWS_PER_STATEMENT:
-            conn.execute(_save_many(len(rows)), [v for row in rows for v in row])
-            return
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            conn.executemany(_SAVE_LEASE, rows)
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
-
-    def write_now(self, leases: list[Lease]) -> bool:
-        """Commit ``leases`` without waiting; False if the database is locked right now."""
-        try:
-            self._write(self._now, leases)
-        except sqlite3.OperationalError as exc:
-            if exc.sqlite_errorcode in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
-                return False
-            raise StoreError(f"Cannot write table 2: {exc}.") from exc
-        except sqlite3.Error as exc:
-            raise StoreError(f"Cannot write table 2: {exc}.") from exc
-        return True
-
-    def write_wait(self, leases: list[Lease]) -> None:
-        """Commit ``leases``, waiting for the lock. Blocking: call from a worker thread."""
-        try:
-            self._write(self._wait, leases)
-        except sqlite3.Error as exc:
-            raise StoreError(f"Cannot write table 2: {exc}.") from exc
-
-    def checkpoint(self) -> None:
-        """Copy the WAL into the database (PASSIVE). Blocking: call from a worker thread."""
-        with contextlib.suppress(sqlite3.Error):  # busy or failing: the next one retries
-            self._wait.execute("PRAGMA wal_checkpoint(PASSIVE)")
-
-    def close(self) -> None:
-        self._now.close()
-        self._wait.close()
 
 
 def _lease(r: Any) -> Lease:

@@ -397,7 +397,7 @@ class ChLink:
                         f"The CH server {self.address} refused the login {self.login!r}: "
                         "wrong login or password."
                     )
-                if msg.code == p.E_INVALID and kind is p.AuthOk:
+                if msg.code in (p.E_INVALID, p.E_RATE_LIMITED) and kind is p.AuthOk:
                     raise AuthError(
                         f"The CH server {self.address} refused the login: {msg.message}."
                     )
