@@ -4,14 +4,16 @@ Rules:
 
 * ``auth``: the login must match the login rule (said in the error); the password is
   checked with argon2 in a worker thread; a wrong password and an unknown login get the
-  same ``auth_failed`` answer and cost the same time; three failures close the link; an
-  address with 20 failures in a minute gets ``rate_limited`` until the minute has passed.
-  A connection authenticates once.
+  same ``auth_failed`` answer and cost the same time; three failures close the link;
+  too many failures from an address or for a login get ``rate_limited`` (access.py).
+  A connection authenticates once. A user removed meanwhile is refused and, if
+  connected, disconnected (``watch_users``).
 * ``alloc``: Message-ID, recipients, thread ids and context are validated; the host in
   the link is the server's public name, or the client's advertised host when it logged
   in with ``direct``. The signed lease is answered only after it is committed to
   table 2; allocations arriving together share one commit (see LeaseWriter).
-* ``presence``: online state of up to ``MAX_PRESENCE`` valid logins.
+* ``presence``: online state of up to ``MAX_PRESENCE`` valid logins, told only for
+  logins related to the asker by chat-link mail (access.related); others read offline.
 """
 
 from __future__ import annotations
