@@ -235,9 +235,11 @@ def header_fields(block: bytes) -> tuple[dict[bytes, bytes], list[tuple[str, str
     if b"\n " in block or b"\n\t" in block:
         block = _FOLD.sub(b"", block)  # RFC 5322 2.2.3: unfolding drops the CRLF only
     body = block.rstrip(b"\r\n")
-    if b"\r\n\r\n" in body or body.count(b"\n") != body.count(b"\r\n") or b"\r" in body[-1:]:
+    if b"\r\n\r\n" in body or b"\r" in body[-1:]:
         return _header_fields_careful(block)
     lines = body.split(b"\r\n")
+    if body.count(b"\n") != len(lines) - 1:  # a bare LF somewhere
+        return _header_fields_careful(block)
     try:
         raw = dict(line.split(b": ", 1) for line in lines)
     except ValueError:  # a line without ": "
