@@ -7,6 +7,7 @@ deadline (never a fixed sleep). Uses its own tmux server socket, killed at the e
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -77,7 +78,31 @@ class Tmux:
         return name in self.run("list-sessions", "-F", "#{session_name}")
 
     def kill(self) -> None:
-        self.run("kill-server")
+        """Stop the tmux server and make sure no TUI it ran outlives the test."""
+        pgids = []
+        for pid in self.run("list-panes", "-a", "-F", "#{pane_pid}").split():
+            with contextlib.suppress(ProcessLookupError):
+                pgids.append(os.getpgid(int(pid)))
+        self.run("kill-server")  # the panes' programs get SIGHUP and should quit by themselves
+        end = time.monotonic() + 15
+        while pgids and time.monotonic() < end:
+            pgids = [g for g in pgids if _group_alive(g)]
+            time.sleep(0.1)  # polling for the programs' own exit, with a deadline
+        for g in pgids:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(g, signal.SIGKILL)
+        assert not pgids, "a TUI ignored its terminal hanging up (SIGHUP) and had to be killed"
+
+
+def _group_alive(pgid: int) -> bool:
+    """Whether any live (non-zombie) process is in process group ``pgid``."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            # pid (comm) state ppid pgrp ...; comm may hold spaces, so split after ')'
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[2]) == pgid and fields[0] != "Z":
+                return True
+    return False
 
 
 @pytest.fixture

@@ -6,6 +6,8 @@ Without a config, a setup screen writes one (or points to ``chmail demo``).
 from __future__ import annotations
 
 import argparse
+import asyncio
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +27,17 @@ async def run_tui(config: cfgmod.Config, cache_path: Path | None = None) -> int:
     app = ChmailApp(config, engines.mail, engines.chat)
     app.startup_notes.extend(engines.notes)
     engines.start_background()
+    # A closed terminal (SIGHUP) or a polite kill (SIGTERM) ends the TUI the normal way, so
+    # drafts are flushed and links closed; left to a raised SystemExit inside the event
+    # loop, a hung-up TUI kept spinning on a dead terminal.
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGHUP, signal.SIGTERM):
+        loop.add_signal_handler(sig, app.exit)
     try:
         await app.run_async()
     finally:
+        for sig in (signal.SIGHUP, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
         await engines.close()
     return 0
 
