@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import socket
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -17,17 +16,11 @@ from chmail.client.chat import ChatEngine, RingEvent
 from chmail.client.chatsession import LinkEvent, SessionClient
 from chmail.client.chlink import ChLink
 from chmail.config import ServerConfig
+from chmail.devmail.dovecot import free_port
 from tests.chat_helpers import Client, next_event, port_range, until
 from tests.fixtures.chserver import ServerProcess, server_env
 
 PASSWORD = "pw-restart-secret"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 async def add_users(data: Path, *logins: str) -> None:

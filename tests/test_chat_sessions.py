@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -27,17 +26,11 @@ from chmail.client.chatsession import (
     TypingEvent,
 )
 from chmail.config import ServerConfig
+from chmail.devmail.dovecot import free_port
 from chmail.errors import ChatError
 
 KEY = b"k" * 32
 E = TypeVar("E")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 async def next_event(

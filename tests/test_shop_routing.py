@@ -6,7 +6,6 @@ everything from the call onward is the server's own code."""
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable
@@ -23,16 +22,10 @@ from chmail.chserver.calls import CallService, Lease, ServerSeam
 from chmail.chserver.chathub import SessionHub
 from chmail.chserver.routing import Router, pick
 from chmail.config import ServerConfig
+from chmail.devmail.dovecot import free_port
 
 KEY = b"r" * 32
 CONTEXT = "campaign=1; sku=A-100; lang=en"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @dataclass
