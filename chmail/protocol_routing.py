@@ -8,7 +8,9 @@ types without editing the core's file; importing this module registers them.
   mail (the shop's CH login), again on every reconnect; answered by ``ok``.
 * ``route_event`` (server -> shop, push): what happened to a campaign chat: ``asked``,
   ``queued`` (with ``position``), ``routed`` (to ``operator``), ``answered`` (``wait``
-  seconds after asked), ``ended`` (``answered`` says whether it ever was), ``tag``
+  seconds after asked), ``passed`` (``operator`` turned call ``call`` down; the member
+  is offered to the next operator, or queued), ``ended`` (``answered`` says whether it
+  ever was), ``tag``
   (``interests`` an operator gave the member), ``dialled`` (an operator called a member).
 * ``brief`` (shop -> server -> operator): what the operator sees for a call: campaign,
   product, the member's chat profile, past chats, canned replies (``data``). The server

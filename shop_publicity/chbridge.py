@@ -151,6 +151,10 @@ class Bridge:
             if chat is not None:
                 self.by_call[ev.call] = chat
             await self._brief(ev, member)
+        elif ev.kind == "passed":
+            # the operator turned it down; the server offers it to the next one, so the
+            # chat stays open (and waiting) under its next call
+            self.by_call.pop(ev.call, None)
         elif ev.kind == "answered":
             chat = self.by_call.get(ev.call)
             if chat is not None:

@@ -211,3 +211,23 @@ async def test_brief_and_tags_reach_only_the_right_side(world: World) -> None:
     assert world.events("tag")[0].interests == ["running"]
     with pytest.raises(Exception, match="not a campaign chat of yours"):
         world.router.tag("piet", r.RouteTag(id=4, call=ann.call, interests=["x"]))
+
+
+async def test_chat_turned_down_by_every_operator_ends_with_a_sentence(world: World) -> None:
+    """Olga and then Piet decline Ann's chat: each decline passes it on, and when the
+    whole pool has turned it down the member is told so and it counts as unanswered."""
+    ann = await world.calls.call("ann", world.mail("ann"))
+    assert ann.peer == "olga"
+    await world.calls.answer("olga", p.Answer(id=2, call=ann.call, accept=False))
+
+    def states() -> list[p.CallState]:
+        return [m for m in world.pushed["ann"] if isinstance(m, p.CallState)]
+
+    await world.until(lambda: any(s.state == "ringing" and s.peer == "piet" for s in states()))
+    to_piet = next(s for s in states() if s.state == "ringing" and s.peer == "piet")
+    await world.calls.answer("piet", p.Answer(id=3, call=to_piet.call, accept=False))
+    await world.until(lambda: states()[-1].state == "missed")
+    assert "none of our operators" in states()[-1].message
+    assert [e.operator for e in world.events("passed")] == ["olga", "piet"]
+    assert [(e.member, e.answered) for e in world.events("ended")] == [("ann", False)]
+    assert not world.router._turned_down

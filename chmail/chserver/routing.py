@@ -13,6 +13,13 @@ Rules:
   come first served, and is told the position (``call_state`` ``queued``), again each
   time the queue moves; a hang-up leaves the queue. When an operator's call ends, the
   head of the queue is routed.
+* A routed call the operator declines, lets ring out, or loses by going offline is
+  passed on, never left hanging: the member is rung by the next operator of the pool
+  who has not turned this chat down yet (least busy first), or waits at the head of the
+  queue when those are all busy, or, when they are all offline, one of them gets the
+  alarm (as above). Only when every operator of the pool has turned it down does the
+  chat end, and the member is told so. The shop sees ``passed`` (not ``ended``) for the
+  turned-down call, so the board still counts the member as waiting.
 * No operator of the pool online: the call goes to the operator given one longest ago;
   that operator is offline, so the call service leaves the alarm (S117) and a member's
   request is never lost.
@@ -81,6 +88,10 @@ class Routed:
     asked_at: float
     message_id: str = ""
     answered: bool = False
+    msg: p.Call | None = None  # the member's call, to pass it on if it is turned down
+
+
+PASS_ON = ("declined", "missed", "alarmed")  # a routed call ending so goes to the next
 
 
 def pick(
@@ -107,6 +118,9 @@ class Router:
         self.tickets = itertools.count(1)
         self._placing: set[tuple[str, str]] = set()  # queued calls being placed now
         self._asked: dict[tuple[str, str], float] = {}  # (member, message-id) -> first ask
+        # (member, message-id) -> operators who turned that chat down (declined, let it
+        # ring out, went offline): it is not offered to them again
+        self._turned_down: dict[tuple[str, str], set[str]] = {}
         calls.router = self
 
     # ------------------------------------------------------------------ requests
@@ -301,7 +315,7 @@ class Router:
                 )
             self._asked[key] = time.time()
             self._event(pool, "asked", member=caller)
-        chosen = self._choose(pool)
+        chosen = self._choose(pool, self._turned_down.get(key, set()))
         if chosen is not None:
             return await self._route_to(pool, caller, chosen, msg)
         ticket = -next(self.tickets)
@@ -334,19 +348,18 @@ class Router:
             self._event(pool, "ended", call=st.call, member=caller, operator=operator)
             return st
         st = await self._place(caller, operator, subject, msg.message_id, msg.id)
-        self.routed[st.call] = Routed(pool, caller, operator, asked, msg.message_id)
+        self.routed[st.call] = Routed(pool, caller, operator, asked, msg.message_id, msg=msg)
         self._event(pool, "routed", call=st.call, member=caller, operator=operator)
         return st
 
-    def _choose(self, pool: Pool) -> str | None:
-        online = {o for o in pool.operators if self.seam.is_online(o)}
+    def _choose(self, pool: Pool, turned_down: set[str]) -> str | None:
+        ops = [o for o in pool.operators if o not in turned_down] or pool.operators
+        online = {o for o in ops if self.seam.is_online(o)}
         load = self._load()
         if online:
-            return pick(pool.operators, online, load, pool.capacity, self.last_given)
+            return pick(ops, online, load, pool.capacity, self.last_given)
         # nobody online: the least recently given operator gets the alarm (S117)
-        return min(
-            pool.operators, key=lambda o: (self.last_given.get(o, 0.0), pool.operators.index(o))
-        )
+        return min(ops, key=lambda o: (self.last_given.get(o, 0.0), ops.index(o)))
 
     def _load(self) -> dict[str, int]:
         load: dict[str, int] = {}
@@ -375,6 +388,11 @@ class Router:
         if call.state in ("ringing", "accepted"):
             return
         self.routed.pop(call.id, None)
+        key = (info.caller, info.message_id)
+        if not info.answered and call.state in PASS_ON and info.msg is not None:
+            self._pass_on(call.id, info, info.msg, call.state)
+            return
+        self._turned_down.pop(key, None)
         self._event(
             info.pool,
             "ended",
@@ -385,12 +403,52 @@ class Router:
         )
         self._serve_queue(info.pool)
 
+    def _pass_on(self, call: int, info: Routed, msg: p.Call, why: str) -> None:
+        """The operator turned a routed chat down (``why``): offer it to the next one.
+
+        The member goes to the head of the queue (they asked before anyone queued after
+        them) and the queue is served at once, so a free operator who has not turned the
+        chat down rings now; with all of those busy the member is told their place.
+        """
+        pool, key = info.pool, (info.caller, info.message_id)
+        tried = self._turned_down.setdefault(key, set())
+        tried.add(info.operator)
+        self._event(pool, "passed", call=call, member=info.caller, operator=info.operator)
+        if all(o in tried for o in pool.operators):
+            self._turned_down.pop(key, None)
+            self._event(pool, "ended", member=info.caller, operator=info.operator)
+            self.seam.push(
+                info.caller,
+                p.CallState(
+                    call=0,
+                    state="missed",
+                    peer=pool.owner,
+                    subject=msg.subject,
+                    message_id=msg.message_id,
+                    message="none of our operators can take your chat now; "
+                    "please answer the mail or try again later",
+                ),
+            )
+            self._serve_queue(pool)
+            return
+        log.info(
+            "campaign %s: %s %s the chat of %s; passing it on",
+            pool.campaign,
+            info.operator,
+            why,
+            info.caller,
+        )
+        pool.queue.appendleft(Queued(-next(self.tickets), info.caller, msg, info.asked_at))
+        if not self._serve_queue(pool):
+            self._tell_positions(pool)  # nobody free who has not turned it down: waits
+
     def cancel(self, login: str, ticket: int) -> p.CallState | None:
         """A queued member hung up: leave the queue."""
         for pool in self.pools.values():
             for q in list(pool.queue):
                 if q.ticket == ticket and q.caller == login:
                     pool.queue.remove(q)
+                    self._turned_down.pop((login, q.msg.message_id), None)
                     self._event(pool, "ended", member=login, answered=False)
                     self._tell_positions(pool)
                     return p.CallState(
@@ -401,16 +459,22 @@ class Router:
                     )
         return None
 
-    def _serve_queue(self, pool: Pool) -> None:
-        if not pool.queue or self._choose_online(pool) is None:
-            return
-        q = pool.queue.popleft()
-        self._tell_positions(pool)
-        self.calls.hub.spawn(self._place_queued(pool, q))
+    def _serve_queue(self, pool: Pool) -> bool:
+        """Ring the first queued member a free operator can take (one who has not
+        turned that member's chat down). True when one was placed."""
+        for q in pool.queue:
+            if self._choose_online(pool, q) is not None:
+                pool.queue.remove(q)
+                self._tell_positions(pool)
+                self.calls.hub.spawn(self._place_queued(pool, q))
+                return True
+        return False
 
-    def _choose_online(self, pool: Pool) -> str | None:
-        online = {o for o in pool.operators if self.seam.is_online(o)}
-        return pick(pool.operators, online, self._load(), pool.capacity, self.last_given)
+    def _choose_online(self, pool: Pool, q: Queued) -> str | None:
+        turned_down = self._turned_down.get((q.caller, q.msg.message_id), set())
+        ops = [o for o in pool.operators if o not in turned_down]
+        online = {o for o in ops if self.seam.is_online(o)}
+        return pick(ops, online, self._load(), pool.capacity, self.last_given)
 
     async def _place_queued(self, pool: Pool, q: Queued) -> None:
         key = (q.caller, q.msg.message_id)
