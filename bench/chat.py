@@ -8,11 +8,17 @@ line is one JSON object):
 
 * relay_msgs_per_s: messages/s from A to B through a real relay-mode session (framing,
   checks, seq numbers, fan-out, SQLite commit per batch, one ``said_many`` per commit
-  to A); raw_relay_msgs_per_s: the same frames through a bare asyncio relay that only
-  cuts the byte stream into frames and forwards them; relay_ratio = the first / the
-  second (goal >= 0.7). For context: decode_relay_msgs_per_s (a relay that also decodes
-  and re-encodes each message) and stream_relay_msgs_per_s (the asyncio-streams relay
-  most people write first: readexactly + write per frame), with their ratios.
+  to A); the clients join with ``batch`` as chmail's client does, so B gets the
+  messages that arrived together as ``chats`` frames. raw_relay_msgs_per_s: the same
+  ``say`` frames through a bare asyncio relay that only cuts the byte stream into
+  frames and forwards them, one frame per message to B; relay_ratio = the first / the
+  second (goal >= 0.7). The clients decode every frame they get the same way (one
+  ``msgpack.unpackb`` per frame) in both. For context: single_relay_msgs_per_s (the
+  same session with clients that join without ``batch``: one ``chat`` frame per
+  message, as B must decode in the raw relay), decode_relay_msgs_per_s (a relay that
+  also decodes and re-encodes each message) and stream_relay_msgs_per_s (the
+  asyncio-streams relay most people write first: readexactly + write per frame), with
+  their ratios.
 * latency_p50_us / latency_p99_us: one message A -> session -> B, waiting for each;
   raw_rtt_p50_us: the same trip through the bare relay; latency_p50_ratio (goals:
   <= 2.5, p99 <= 5 ms).
@@ -164,10 +170,10 @@ class Peer:
         return out
 
 
-async def session_peer(port: int, sid: int, login: str, token: str) -> Peer:
+async def session_peer(port: int, sid: int, login: str, token: str, batch: bool) -> Peer:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write(p.encode(p.Hello()))
-    writer.write(p.encode(p.Join(id=1, session=sid, login=login, token=token)))
+    writer.write(p.encode(p.Join(id=1, session=sid, login=login, token=token, batch=batch)))
     peer = Peer(reader, writer)
     while True:
         if any(f["t"] == "joined" for f in await peer.frames()):
@@ -177,6 +183,13 @@ async def session_peer(port: int, sid: int, login: str, token: str) -> Peer:
 async def raw_peer(port: int) -> Peer:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     return Peer(reader, writer)
+
+
+def delivered(frame: dict[str, Any], kind: str) -> int:
+    """How many messages a frame B got brings (``kind`` is the relay's single frame)."""
+    if frame["t"] == "chats":
+        return len(frame["cids"])
+    return 1 if frame["t"] == kind else 0
 
 
 def acks(frame: dict[str, Any]) -> int:
@@ -200,7 +213,7 @@ async def throughput(a: Peer, b: Peer, n: int, kind: str, base: int) -> float:
     async def recv_b() -> None:
         got = 0
         while got < n:
-            got += sum(1 for f in await b.frames() if f["t"] == kind)
+            got += sum(delivered(f, kind) for f in await b.frames())
 
     t0 = time.perf_counter()
     tasks = [asyncio.create_task(drain_a()), asyncio.create_task(recv_b())]
@@ -220,7 +233,7 @@ async def latency(a: Peer, b: Peer, n: int, kind: str, base: int) -> list[float]
         frame = p.encode(p.Say(id=base + i, cid=f"l{base + i}", text="ping"))
         t0 = time.perf_counter()
         a.writer.write(frame)
-        while not any(f["t"] == kind for f in await b.frames()):
+        while not any(delivered(f, kind) for f in await b.frames()):
             pass
         out.append((time.perf_counter() - t0) * 1e6)
         if kind == "chat":
@@ -270,7 +283,7 @@ async def start_server(kind: str) -> tuple[asyncio.subprocess.Process, list[str]
         sys.executable,
         __file__,
         "--serve",
-        kind,
+        "session" if kind == "single" else kind,
         stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
     )
@@ -288,12 +301,13 @@ async def stop_server(proc: asyncio.subprocess.Process) -> None:
 async def relay_peers(kind: str) -> tuple[asyncio.subprocess.Process, Peer, Peer]:
     """A server of ``kind`` in its own process and the two clients A and B on it."""
     proc, info = await start_server(kind)
-    if kind == "session":
+    if kind in ("session", "single"):
         port, sid, ta, tb = int(info[0]), int(info[1]), info[2], info[3]
+        batch = kind == "session"
         return (
             proc,
-            await session_peer(port, sid, "alice", ta),
-            await session_peer(port, sid, "bob", tb),
+            await session_peer(port, sid, "alice", ta, batch),
+            await session_peer(port, sid, "bob", tb, batch),
         )
     a, b = await raw_peer(int(info[0])), await raw_peer(int(info[0]))
     b.writer.write(p.encode(p.Hello()))  # the relay forwards it: A reads it, B is known
@@ -308,14 +322,16 @@ async def bench_sessions(messages: int, pings: int) -> dict[str, float]:
     each round measures every relay in turn, and the latency pings alternate between
     the session and the bare relay in small blocks. Throughput: the best round of each.
     """
-    kinds = ("raw", "decode", "streams", "session")
+    kinds = ("raw", "decode", "streams", "single", "session")
     servers = {k: await relay_peers(k) for k in kinds}
     tps: dict[str, list[float]] = {k: [] for k in kinds}
     for r in range(ROUNDS):
         for k in kinds:
             _, a, b = servers[k]
             tps[k].append(
-                await throughput(a, b, messages, "chat" if k == "session" else "say", r * messages)
+                await throughput(
+                    a, b, messages, "chat" if k in ("session", "single") else "say", r * messages
+                )
             )
     lat: list[float] = []
     raw_lat: list[float] = []
@@ -332,13 +348,15 @@ async def bench_sessions(messages: int, pings: int) -> dict[str, float]:
         for x in (a, b):
             x.writer.close()
         await stop_server(proc)
-    tp, raw_tp = max(tps["session"]), max(tps["raw"])
+    tp, raw_tp, one_tp = max(tps["session"]), max(tps["raw"]), max(tps["single"])
     dec_tp, str_tp = max(tps["decode"]), max(tps["streams"])
     raw_p50 = statistics.median(raw_lat)
     return {
         "relay_msgs_per_s": round(tp),
         "raw_relay_msgs_per_s": round(raw_tp),
         "relay_ratio": round(tp / raw_tp, 3),
+        "single_relay_msgs_per_s": round(one_tp),
+        "relay_ratio_single": round(one_tp / raw_tp, 3),
         "decode_relay_msgs_per_s": round(dec_tp),
         "relay_ratio_vs_decode": round(tp / dec_tp, 3),
         "stream_relay_msgs_per_s": round(str_tp),

@@ -687,6 +687,7 @@ class Join(Message):
     login: str = ""
     token: str = field(default="", repr=False)
     last_seq: int = 0
+    batch: bool = False  # new messages may come as ``chats`` (a run in one frame)
 
 
 @message("joined", sender="s", pre_auth=True)
@@ -740,6 +741,19 @@ class Chat(Message):
     cid: str = ""
     text: str = ""
     ts: float = 0.0
+
+
+@message("chats", sender="s")
+class Chats(Message):
+    """Push to a member that joined with ``batch``: messages ``seq``, ``seq + 1``, ...
+    from ``login``, stamped ``ts``, with these client ids and texts (one frame per run
+    of messages that arrived together, instead of one ``chat`` each)."""
+
+    login: str = ""
+    ts: float = 0.0
+    seq: int = 0
+    cids: list[str] = field(default_factory=list)
+    texts: list[str] = field(default_factory=list)
 
 
 @message("typing", sender="cs")

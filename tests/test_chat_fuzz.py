@@ -70,9 +70,9 @@ def run(chunks: list[bytes]) -> tuple[list[dict[str, Any]], bool, list[str]]:
             if wire.closed:
                 break
             conn.data_received(chunk)
-        session._flush()
+        session.commit()
         session.flush_out()
-        texts = [m.text for m in session.messages]
+        texts = [m[3] for m in session.messages]
         closed = wire.closed
         session.end("test")
         return wire.frames(), closed, texts

@@ -14,6 +14,7 @@ from chmail import migrate
 from chmail import protocol as p
 from chmail.chserver import chatstore
 from chmail.chserver.chathub import SessionHub
+from chmail.chserver.sessionconn import chats_frames
 from chmail.chserver.sessions import ChatSession
 from chmail.client.chatsession import (
     EndedEvent,
@@ -300,3 +301,93 @@ async def until_stored(c: SessionClient) -> None:
     async with asyncio.timeout(10):
         while c.pending:
             await c.changed()
+
+
+async def raw_member(
+    s: ChatSession, login: str, *, batch: bool
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, p.Connection]:
+    """A bare protocol connection joined to ``s`` (its decoder enforces the frame limit)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", s.port)
+    conn = p.Connection(p.Role.CLIENT)
+    writer.write(conn.send(p.Hello()))
+    writer.write(
+        conn.send(p.Join(id=1, session=s.id, login=login, token=s.admit(login), batch=batch))
+    )
+    async with asyncio.timeout(10):
+        while not conn.authenticated:
+            conn.receive_data(await reader.read(65536))
+    return reader, writer, conn
+
+
+PAD = "x" * 40
+
+
+def test_chats_frames_stay_under_the_frame_limit() -> None:
+    """A long run of messages is split into chats frames that each fit the limit and
+    together carry every message once, in order."""
+    cids = [f"c{i}" for i in range(5000)]
+    texts = [f"message {i} " + "é" * (i % 50) for i in range(5000)]
+    data = chats_frames("alice", 1.5, 7, cids, texts, p.DEFAULT_MAX_FRAME)
+    dec = p.FrameDecoder(p.DEFAULT_MAX_FRAME)  # refuses a frame over the limit
+    frames = [p.decode_body(body) for body in dec.feed(data)]
+    assert len(frames) > 1
+    got = [
+        (m.seq + i, cid, text)
+        for m in frames
+        if isinstance(m, p.Chats)
+        for i, (cid, text) in enumerate(zip(m.cids, m.texts, strict=True))
+    ]
+    assert got == [(7 + i, cids[i], texts[i]) for i in range(5000)]
+
+
+async def test_a_burst_reaches_batch_and_single_members_and_is_stored(env: Env) -> None:
+    """3,000 messages sent at once: a member that joined with batch gets them as chats
+    frames, one without as chat frames, both in seq order and within the frame limit;
+    the sender gets every ack; all are stored and come back after a hub restart."""
+    s = await env.session("alice", "bob", "carol")
+    ra, wa, ca = await raw_member(s, "alice", batch=True)
+    rb, wb, cb = await raw_member(s, "bob", batch=True)
+    rc, wc, cc = await raw_member(s, "carol", batch=False)
+    n = 3000
+    wa.write(
+        b"".join(ca.send(p.Say(id=10 + i, cid=f"c{i}", text=f"burst {i} {PAD}")) for i in range(n))
+    )
+    acked: dict[str, int] = {}
+    async with asyncio.timeout(20):
+        while len(acked) < n:
+            ca.receive_data(await ra.read(65536))
+            for m in ca.events():
+                if isinstance(m, p.SaidMany):
+                    acked.update(zip(m.cids, m.seqs, strict=True))
+    assert sorted(acked.values()) == list(range(1, n + 1))
+
+    async def receive(r: asyncio.StreamReader, c: p.Connection) -> tuple[list[int], set[str]]:
+        seqs: list[int] = []
+        kinds: set[str] = set()
+        async with asyncio.timeout(20):
+            while len(seqs) < n:
+                c.receive_data(await r.read(65536))  # a frame over 64 KiB would raise here
+                for m in c.events():
+                    if isinstance(m, p.Chats):
+                        seqs += range(m.seq, m.seq + len(m.cids))
+                        assert m.texts == [
+                            f"burst {q - 1} {PAD}" for q in range(m.seq, m.seq + len(m.cids))
+                        ]
+                        kinds.add(m.t)
+                    elif isinstance(m, p.Chat):
+                        seqs.append(m.seq)
+                        assert m.text == f"burst {m.seq - 1} {PAD}"
+                        kinds.add(m.t)
+        return seqs, kinds
+
+    assert await receive(rb, cb) == (list(range(1, n + 1)), {"chats"})
+    assert await receive(rc, cc) == (list(range(1, n + 1)), {"chat"})
+    for w in (wa, wb, wc):
+        w.close()
+    assert [m.seq for m in env.messages(s.id)] == list(range(1, n + 1))
+    assert env.hub is not None
+    await env.hub.close()
+    hub = await env.start_hub()
+    again = hub.sessions[s.id]
+    assert [(m[0], m[3]) for m in again.messages] == [(i + 1, f"burst {i} {PAD}") for i in range(n)]
+    assert again.next_seq > n  # continues above the stored ones

@@ -21,8 +21,8 @@ from typing import Any
 import aiosqlite
 
 from chmail.chserver import chatstore
-from chmail.chserver.chatstore import MessageLog, MessageRow
-from chmail.chserver.sessions import ChatSession, session_secret
+from chmail.chserver.chatstore import MessageLog
+from chmail.chserver.sessions import Batch, ChatSession, session_secret
 from chmail.config import ServerConfig
 from chmail.errors import ChatError
 
@@ -33,14 +33,31 @@ CHECKPOINT_EVERY = 1.0  # seconds between WAL checkpoints of the message log
 
 
 class _DbBackend:
-    """SessionBackend of relay sessions: writer thread for messages, aiosqlite for the rest."""
+    """SessionBackend of relay sessions: messages go to the hub's MessageLog, written on
+    the event loop, all sessions' batches of one turn of the loop in one transaction
+    (group commit); the rare rest through aiosqlite."""
 
     def __init__(self, hub: SessionHub) -> None:
         self.hub = hub
+        self._pending: list[ChatSession] = []
 
-    def persist(self, rows: list[MessageRow]) -> BaseException | None:
+    def pending(self, session: ChatSession) -> None:
+        if not self._pending:
+            asyncio.get_running_loop().call_soon(self._commit)
+        self._pending.append(session)
+
+    def _commit(self) -> None:
+        sessions, self._pending = self._pending, []
+        # a session may be listed twice (it committed alone, then had more)
+        batches = [(s, b) for s in dict.fromkeys(sessions) if (b := s.batch()) is not None]
+        if batches:
+            err = self.persist([b for _, b in batches])
+            for s, _ in batches:
+                s.stored(err)
+
+    def persist(self, batches: list[Batch]) -> BaseException | None:
         assert self.hub.log is not None
-        return self.hub.log.append(rows)
+        return self.hub.log.append(batches)
 
     def joined(self, session: ChatSession, login: str) -> None:
         self.hub.spawn(chatstore.add_member(self.hub.db, session.id, login, time.time()))

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 import aiosqlite
+import msgpack
 
 from chmail import migrate
 from chmail.errors import StoreError
@@ -381,16 +382,19 @@ async def unmailed_alarms(db: aiosqlite.Connection) -> list[AlarmRow]:
 
 # ----------------------------------------------------------------------------- message log
 
-# (session_id, seq, sender, cid, text, ts)
-MessageRow = tuple[int, int, str, str, str, float]
+# (session id, first seq, last seq, the ``chat`` frames of those seqs as pushed)
+MessageBatch = tuple[int, int, int, bytes]
 
 
 class MessageLog:
     """Chat messages, in a database file of their own, written from the event loop.
 
     Only this connection writes that file, so a write never waits for a lock, and a
-    batch (everything that arrived in one turn of the loop) is one short transaction:
-    no thread hop and no GIL hand-off on the hot path. WAL with ``synchronous=NORMAL``:
+    batch (everything that arrived in one turn of the loop, in all sessions) is one
+    short transaction: no thread hop and no GIL hand-off on the hot path. A session's
+    part of a batch is one row of ``chat_batches`` holding its ``chat`` frames as they
+    were pushed (migration chat/0002), so a commit costs the same for one message or
+    thousands; :meth:`load` decodes them. WAL with ``synchronous=NORMAL``:
     a committed batch survives a crash of the process (not of the machine). The WAL is
     not checkpointed by the writer (that would fsync inside some unlucky commit, on the
     event loop) but by :meth:`checkpoint`, which the hub runs in a worker thread.
@@ -426,33 +430,67 @@ class MessageLog:
         except sqlite3.Error as exc:
             log.warning("checkpoint of %s failed: %s", self.path, exc)
 
-    def append(self, rows: list[MessageRow]) -> StoreError | None:
-        """Store ``rows`` in one transaction; the error (not raised) if that failed."""
+    def append(self, batches: list[MessageBatch]) -> StoreError | None:
+        """Store ``batches`` in one transaction; the error (not raised) if that failed."""
         try:
             self._conn.execute("BEGIN IMMEDIATE")
             self._conn.executemany(
-                "INSERT OR IGNORE INTO chat_messages(session_id, seq, sender, cid, text, ts)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                rows,
+                "INSERT INTO chat_batches(session_id, first_seq, last_seq, frames)"
+                " VALUES (?, ?, ?, ?)",
+                batches,
             )
             self._conn.execute("COMMIT")
-            self.unchecked += len(rows)
+            self.unchecked += len(batches)
         except sqlite3.Error as exc:
-            log.error("storing %d chat messages failed: %s", len(rows), exc)
+            log.error("storing %d chat message batches failed: %s", len(batches), exc)
             with contextlib.suppress(sqlite3.Error):
                 self._conn.execute("ROLLBACK")
             return StoreError(f"Chat messages could not be stored: {exc}.")
         return None
 
     def load(self, session_id: int, *, after: int = 0) -> list[StoredMessage]:
-        cur = self._conn.execute(
-            "SELECT seq, sender, cid, text, ts FROM chat_messages WHERE session_id = ?"
-            " AND seq > ? ORDER BY seq",
-            (session_id, after),
-        )
-        return [StoredMessage(*r) for r in cur.fetchall()]
+        """The stored messages of a session with a seq above ``after``, in seq order."""
+        try:
+            old = self._conn.execute(  # rows of migration chat/0001
+                "SELECT seq, sender, cid, text, ts FROM chat_messages WHERE session_id = ?"
+                " AND seq > ? ORDER BY seq",
+                (session_id, after),
+            ).fetchall()
+            batches = self._conn.execute(
+                "SELECT frames FROM chat_batches WHERE session_id = ? AND last_seq > ?"
+                " ORDER BY first_seq",
+                (session_id, after),
+            ).fetchall()
+        except sqlite3.Error as exc:
+            raise StoreError(
+                f"Cannot read the chat messages of session {session_id}: {exc}."
+            ) from exc
+        out = [StoredMessage(*r) for r in old]
+        for (frames,) in batches:
+            out += (m for m in decode_chat_frames(frames) if m.seq > after)
+        return out
 
     def close(self) -> None:
         if self._ckpt is not None:
             self._ckpt.close()
         self._conn.close()  # the last connection to close checkpoints the rest
+
+
+def decode_chat_frames(data: bytes) -> list[StoredMessage]:
+    """The messages of a stored batch: ``chats`` (or ``chat``) frames, each a 4-byte
+    length and a msgpack map (docs/protocol.md)."""
+    out, off, end = [], 0, len(data)
+    while off + 4 <= end:
+        size = int.from_bytes(data[off : off + 4], "big")
+        try:
+            m = msgpack.unpackb(data[off + 4 : off + 4 + size], raw=False)
+            if m["t"] == "chats":
+                login, ts, seq = m["login"], m["ts"], m["seq"]
+                for i, (cid, text) in enumerate(zip(m["cids"], m["texts"], strict=True)):
+                    out.append(StoredMessage(seq + i, login, cid, text, ts))
+            else:
+                out.append(StoredMessage(m["seq"], m["login"], m["cid"], m["text"], m["ts"]))
+        except (ValueError, KeyError, TypeError, msgpack.UnpackException) as exc:
+            raise StoreError(f"A stored chat message is damaged: {exc}.") from exc
+        off += 4 + size
+    return out

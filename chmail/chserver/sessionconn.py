@@ -1,25 +1,36 @@
 """A client connection to a chat session's listener, and the frames of the hot path.
 
-The receive path applies protocol.Connection's rules inline, for speed: frames are cut
-from one buffer per read (one compaction per read, not per frame); the first frame must
+The receive path applies protocol.Connection's rules inline, for speed: the bytes of a
+read go once into the connection's streaming msgpack ``Unpacker`` (one decoder per
+connection, not one per frame) and once into a buffer where only the 4-byte lengths are
+read, which say where each frame ends; a frame whose body is not exactly one msgpack map
+with a string ``t`` breaks the stream, as in protocol.decode_obj. The first frame must
 be an acceptable ``hello``; nothing but pre-auth messages before ``joined``; only client
-messages. After the join, consecutive ``say`` frames are checked field by field and
-handed to the session as one batch (``ChatSession.say_many``) without building a
-dataclass each. Output is queued and written once per turn of the loop (``flush``), so
-a burst costs one write system call per connection.
+messages. After the join, consecutive well-typed ``say`` frames are collected as three
+parallel lists (request ids, client ids, texts) and handed to the session as one batch
+(``ChatSession.say_many``) without building a dataclass each; unknown extra keys are
+ignored, as everywhere in the protocol. Output is queued and written once per turn of
+the loop (``flush``), so a burst costs one write system call per connection.
+
+The pushes of new messages are built here too. A client that joined with ``batch``
+gets a run of messages from one sender as one ``chats`` frame (one msgpack map with the
+lists of client ids and texts, split to stay under the frame limit): the server packs it
+with one call and the client decodes one map instead of one per message. Others get one
+``chat`` frame per message; for those, the fields that do not change in a run (``t``,
+``login``, ``ts``) are packed once and each message packs only ``seq``, ``cid`` and
+``text`` (a msgpack map's keys may come in any order).
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 import msgpack
 
 from chmail import protocol as p
-from chmail.chserver.chatstore import StoredMessage
 from chmail.errors import FrameTooLarge, RemoteProtocolError
 
 if TYPE_CHECKING:
@@ -29,50 +40,74 @@ log = logging.getLogger(__name__)
 
 _pack = msgpack.Packer(use_bin_type=True).pack
 _LENGTH_FROM = p.LENGTH.unpack_from
-_unpack = functools.partial(msgpack.unpackb, raw=False, strict_map_key=True)
-_SAY_KEYS = {"t", "id", "cid", "text"}
+_LENGTH = p.LENGTH.pack
+_MAX_ID = p.MAX_ID
+_NOT_MSGPACK = "frame is not valid msgpack"
+_NOT_MAP = "a frame must hold a msgpack map with a string 't'"
+
+# A stored chat message: (seq, sender login, client id, text, unix time).
+Msg = tuple[int, str, str, str, float]
 
 
-def _decode(body: bytearray) -> dict[str, Any]:
-    try:
-        obj = _unpack(body)
-    except Exception:  # msgpack raises several unrelated types on garbage
-        raise RemoteProtocolError("frame is not valid msgpack") from None
-    if type(obj) is not dict or type(obj.get("t")) is not str:
-        raise RemoteProtocolError("a frame must hold a msgpack map with a string 't'")
-    return obj
+def chat_prefix(login: str, ts: float) -> bytes:
+    """The constant part of ``login``'s ``chat`` frames stamped ``ts``: a 6-entry map
+    header and the ``t``, ``login`` and ``ts`` entries (see :func:`chat_frames`)."""
+    # packing a 6-tuple gives a fixarray header (0x96) and then the items: key, value, ...
+    items: bytes = _pack(("t", "chat", "login", login, "ts", ts))
+    return b"\x86" + items[1:]
 
 
-def _say_fields(obj: dict[str, Any]) -> tuple[int, str, str] | None:
-    """``(id, cid, text)`` of a well-typed ``say`` map, else None (the slow path judges)."""
-    rid, cid, text = obj.get("id", 0), obj.get("cid"), obj.get("text")
-    if (
-        type(rid) is int
-        and 0 <= rid <= p.MAX_ID
-        and type(cid) is str
-        and type(text) is str
-        and obj.keys() <= _SAY_KEYS
-    ):
-        return rid, cid, text
-    return None
+def chat_frames(prefix: bytes, seq: int, cids: Iterable[str], texts: Iterable[str]) -> bytes:
+    """The ``chat`` frames of consecutive messages from one sender, from ``seq`` on."""
+    out: list[bytes | memoryview] = []
+    extend, n = out.extend, len(prefix) - 1
+    for cid, text in zip(cids, texts, strict=True):
+        tail = _pack(("seq", seq, "cid", cid, "text", text))  # 0x96, then the 3 entries
+        extend((_LENGTH(n + len(tail)), prefix, memoryview(tail)[1:]))
+        seq += 1
+    return b"".join(out)
 
 
-def chat_frame(m: StoredMessage) -> bytes:
-    """The ``chat`` push of ``m`` (hot path: packed straight from a dict, like p.encode)."""
-    body = _pack(
-        {"t": "chat", "seq": m.seq, "login": m.sender, "cid": m.cid, "text": m.text, "ts": m.ts}
+def chats_frames(
+    login: str, ts: float, seq: int, cids: list[str], texts: list[str], max_frame: int
+) -> bytes:
+    """The ``chats`` push of consecutive messages from one sender from ``seq`` on, as
+    frames of at most ``max_frame`` bytes (one unless the run is long)."""
+    body: bytes = _pack(
+        {"t": "chats", "login": login, "ts": ts, "seq": seq, "cids": cids, "texts": texts}
     )
-    return p.LENGTH.pack(len(body)) + body  # type: ignore[no-any-return]
+    n = len(cids)
+    if len(body) <= max_frame or n == 1:  # one message fits: its text is capped below
+        return _LENGTH(len(body)) + body
+    step = -(-n // (len(body) // (max_frame * 3 // 4) + 1))  # parts of ~3/4 of the limit
+    return b"".join(
+        chats_frames(login, ts, seq + i, cids[i : i + step], texts[i : i + step], max_frame)
+        for i in range(0, n, step)
+    )
+
+
+def chat_frame(m: Msg) -> bytes:
+    """The ``chat`` push of one stored message."""
+    seq, login, cid, text, ts = m
+    return chat_frames(chat_prefix(login, ts), seq, (cid,), (text,))
 
 
 def said_frame(rid: int, seq: int, cid: str) -> bytes:
     body = _pack({"t": "said", "id": rid, "seq": seq, "cid": cid})
-    return p.LENGTH.pack(len(body)) + body  # type: ignore[no-any-return]
+    return _LENGTH(len(body)) + body  # type: ignore[no-any-return]
+
+
+SAID_MANY_MAX = 512  # entries per said_many frame: 512 * (9 + 9 + 66) bytes < 64 KiB
 
 
 def said_many_frame(ids: list[int], seqs: list[int], cids: list[str]) -> bytes:
-    body = _pack({"t": "said_many", "ids": ids, "seqs": seqs, "cids": cids})
-    return p.LENGTH.pack(len(body)) + body  # type: ignore[no-any-return]
+    """``said_many`` frames for these acknowledgements (one per SAID_MANY_MAX)."""
+    out = []
+    for i in range(0, len(ids), SAID_MANY_MAX):
+        j = i + SAID_MANY_MAX
+        body = _pack({"t": "said_many", "ids": ids[i:j], "seqs": seqs[i:j], "cids": cids[i:j]})
+        out.append(_LENGTH(len(body)) + body)
+    return b"".join(out)
 
 
 class SessionConn(asyncio.Protocol):
@@ -83,9 +118,16 @@ class SessionConn(asyncio.Protocol):
         self.conn = p.Connection(p.Role.SERVER, max_frame=session.max_frame)
         self.transport: asyncio.Transport | None = None
         self.login = ""
+        self.batch = False  # joined asking for ``chats`` pushes
         self._out: list[bytes] = []
         self.last_rx = session.loop_time()
-        self._buf = bytearray()
+        self._buf = bytearray()  # bytes not yet taken as whole frames (their lengths)
+        self._pos = 0  # offset in the stream of _buf[0]: the Unpacker's tell() there
+        # The same bytes, decoded as they are needed. It holds no more than _buf plus
+        # the frames of one read (asyncio reads at most 256 KiB at a time).
+        self._unpacker = msgpack.Unpacker(
+            raw=False, strict_map_key=True, max_buffer_size=4 * session.max_frame + (1 << 20)
+        )
         self._hello = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -99,11 +141,23 @@ class SessionConn(asyncio.Protocol):
         self.flush()
 
     def data_received(self, data: bytes) -> None:
-        self.last_rx = self.session.loop_time()
+        session = self.session
+        self.last_rx = session.loop_time()
         buf = self._buf
         buf += data
-        off, end, limit = 0, len(buf), self.session.max_frame
-        says: list[tuple[int, str, str]] = []  # consecutive ``say`` requests, in order
+        unpacker = self._unpacker
+        try:
+            unpacker.feed(data)
+        except msgpack.BufferFull:  # cannot happen while frames are capped; be safe
+            self.write(p.encode(p.Error(code=p.E_BAD_FRAME, message="too much data at once")))
+            self.close()
+            return
+        skip, unpack, tell = unpacker.read_bytes, unpacker.unpack, unpacker.tell
+        off, end, limit, base = 0, len(buf), session.max_frame, self._pos
+        # consecutive well-typed ``say`` requests, in order, as three parallel lists
+        rids: list[int] = []
+        cids: list[str] = []
+        texts: list[str] = []
         try:
             while end - off >= 4:
                 (size,) = _LENGTH_FROM(buf, off)
@@ -111,33 +165,45 @@ class SessionConn(asyncio.Protocol):
                     raise FrameTooLarge(f"frame of {size} bytes exceeds the limit of {limit}")
                 if end - off - 4 < size:
                     break
-                body = buf[off + 4 : off + 4 + size]
                 off += 4 + size
-                if self.login:  # joined: ``say`` is the hot path
-                    obj = _decode(body)
-                    if obj["t"] == "say":
-                        item = _say_fields(obj)
-                        if item is not None:
-                            says.append(item)
-                            continue
-                    if says:
-                        self.session.say_many(self, says)
-                        says = []
-                    self._message(obj)
-                else:
-                    self._message(p.decode_obj(bytes(body)))
+                skip(4)
+                try:
+                    obj = unpack()
+                except Exception:  # msgpack raises several unrelated types on garbage
+                    raise RemoteProtocolError(_NOT_MSGPACK) from None
+                if tell() != base + off:  # the body was not exactly one msgpack object
+                    raise RemoteProtocolError(_NOT_MSGPACK)
+                if type(obj) is not dict or type(t := obj.get("t")) is not str:
+                    raise RemoteProtocolError(_NOT_MAP)
+                if t == "say" and self.login:  # joined: ``say`` is the hot path
+                    rid, cid, text = obj.get("id", 0), obj.get("cid"), obj.get("text")
+                    if (
+                        type(rid) is int
+                        and 0 <= rid <= _MAX_ID
+                        and type(cid) is str
+                        and type(text) is str
+                    ):
+                        rids.append(rid)
+                        cids.append(cid)
+                        texts.append(text)
+                        continue
+                if rids:
+                    session.say_many(self, rids, cids, texts)
+                    rids, cids, texts = [], [], []
+                self._message(obj)
                 if self.transport is None or self.transport.is_closing():
                     break
         except RemoteProtocolError as exc:
-            if says:  # the well-formed messages before the broken frame still count
-                self.session.say_many(self, says)
-                says = []
+            if rids:  # the well-formed messages before the broken frame still count
+                session.say_many(self, rids, cids, texts)
+                rids = []
             self.write(p.encode(p.Error(code=exc.code, message=exc.message)))
             self.close()
-        if says and self.transport is not None and not self.transport.is_closing():
-            self.session.say_many(self, says)
+        if rids and self.transport is not None and not self.transport.is_closing():
+            session.say_many(self, rids, cids, texts)
         del buf[:off]
-        self.session.flush_out()
+        self._pos = base + off
+        session.flush_out()
 
     def _message(self, obj: dict[str, Any]) -> None:
         try:

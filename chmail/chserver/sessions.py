@@ -9,10 +9,12 @@ Rules (docs/protocol.md, "Calls and chat sessions", is the normative text):
   message: a resend is answered with the stored ``seq`` and stored nothing new.
 * A message is pushed (``chat``) to the other members at once, in ``seq`` order on
   every connection, and stored with everything else that arrived in the same turn of
-  the event loop (one transaction); then its sender gets ``said``. ``said`` means
-  stored: it survives a crash of the server. ``join`` with ``last_seq`` replays what
-  came after it, then the live stream follows (see RESTART_GAP for crash safety). After
-  a commit each sender gets one ``said_many`` for all its messages in it.
+  the event loop, in every session of the server (one transaction, see
+  SessionBackend.pending); then its sender is acknowledged: after a commit each sender
+  gets one ``said_many`` for all its messages in it (a resend of a stored message gets
+  ``said``). Acknowledged means stored: it survives a crash of the server. ``join`` with
+  ``last_seq`` replays what came after it, then the live stream follows (see
+  RESTART_GAP for crash safety).
 * ``typing`` and ``read`` are relayed to the other members; read state is remembered.
 * ``leave``: that member goes (when the last one leaves the session ends); ``end``: the
   session ends for everyone; no activity for the idle timeout ends it too. An ended
@@ -35,11 +37,21 @@ import hmac
 import logging
 import time
 from collections.abc import Callable, Iterable
+from itertools import repeat
+from operator import itemgetter
 from typing import Protocol as TypingProtocol
 
 from chmail import protocol as p
-from chmail.chserver.chatstore import MessageRow, StoredMessage
-from chmail.chserver.sessionconn import SessionConn, chat_frame, said_frame, said_many_frame
+from chmail.chserver.sessionconn import (
+    Msg,
+    SessionConn,
+    chat_frame,
+    chat_frames,
+    chat_prefix,
+    chats_frames,
+    said_frame,
+    said_many_frame,
+)
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +63,7 @@ MAX_CID = 64  # bytes of a client message id
 # At most MAX_UNSTORED messages wait for a commit at any time.
 MAX_UNSTORED = 5_000
 RESTART_GAP = 10_000
+_seq = itemgetter(0)  # of a message
 
 
 def session_secret(key: bytes, session_id: int) -> bytes:
@@ -63,10 +76,24 @@ def join_token(secret: bytes, login: str) -> str:
     return base64.urlsafe_b64encode(mac).decode("ascii").rstrip("=")
 
 
+# The messages of a session waiting for a commit: (session id, first seq, last seq, the
+# ``chat`` frames of seqs first..last as pushed). A session's seqs are consecutive
+# between two restarts, so one range names them.
+Batch = tuple[int, int, int, bytes]
+# who waits for an ack, per connection: request ids, seqs, client ids
+Acks = dict[SessionConn, tuple[list[int], list[int], list[str]]]
+
+
 class SessionBackend(TypingProtocol):
     """Where a session keeps what it must remember. Calls must not block."""
 
-    def persist(self, rows: list[MessageRow]) -> BaseException | None: ...
+    def pending(self, session: ChatSession) -> None:
+        """``session`` has a batch to store: call ``session.commit()`` soon (in this turn
+        of the loop), or store it with others' and call ``session.stored(err)``."""
+
+    def persist(self, batches: list[Batch]) -> BaseException | None:
+        """Store ``batches`` in one transaction; the error (not raised) if that failed."""
+
     def joined(self, session: ChatSession, login: str) -> None: ...
     def left(self, session: ChatSession, login: str) -> None: ...
     def read(self, session: ChatSession, login: str, seq: int) -> None: ...
@@ -76,7 +103,10 @@ class SessionBackend(TypingProtocol):
 class MemoryBackend:
     """Keeps nothing beyond the session's own memory (direct mode, tests)."""
 
-    def persist(self, rows: list[MessageRow]) -> BaseException | None:
+    def pending(self, session: ChatSession) -> None:
+        asyncio.get_running_loop().call_soon(session.commit)
+
+    def persist(self, batches: list[Batch]) -> BaseException | None:
         return None
 
     def joined(self, session: ChatSession, login: str) -> None:
@@ -110,7 +140,7 @@ class ChatSession:
         max_buffer: int = 1 << 20,
         idle_timeout: float = 600.0,
         conn_timeout: float = 45.0,
-        history: Iterable[StoredMessage] = (),
+        history: Iterable[Msg] = (),
         members: dict[str, int] | None = None,
         last_active: float | None = None,
         reopened: bool = False,
@@ -127,9 +157,12 @@ class ChatSession:
         self.max_buffer = max_buffer
         self.idle_timeout = idle_timeout
         self.conn_timeout = conn_timeout
-        self.messages: list[StoredMessage] = list(history)
-        self.by_cid = {(m.sender, m.cid): m.seq for m in self.messages}
-        self.next_seq = (self.messages[-1].seq if self.messages else 0) + 1
+        # every message, in seq order: (seq, sender, cid, text, ts)
+        self.messages: list[Msg] = list(history)
+        self.cids: dict[str, dict[str, int]] = {}  # sender -> client id -> seq
+        for seq, sender, cid, _, _ in self.messages:
+            self.cids.setdefault(sender, {})[cid] = seq
+        self.next_seq = (self.messages[-1][0] if self.messages else 0) + 1
         if reopened:
             self.next_seq += RESTART_GAP
         self.members: dict[str, int] = dict(members or {})  # admitted login -> read seq
@@ -140,10 +173,11 @@ class ChatSession:
         self.end_reason = ""
         self.server: asyncio.Server | None = None
         self.on_end: list[Callable[[ChatSession, str, str], None]] = []
-        # Messages given a seq and pushed, not yet committed, and who waits for an ack
-        # (connection, request id, seq, cid) -- a resend of one of them adds a waiter.
-        self._batch: list[StoredMessage] = []
-        self._acks: list[tuple[SessionConn, int, int, str]] = []
+        # Messages given a seq and pushed, not yet committed: seqs _first.._next_seq-1,
+        # their frames, and who waits for an ack (a resend of one of them adds a waiter).
+        self._first = 0  # 0: nothing waits
+        self._frames: list[bytes] = []
+        self._acks: Acks = {}
         self._dirty: set[SessionConn] = set()
         self._flush_soon = False
         self._loop = asyncio.get_running_loop()
@@ -285,6 +319,7 @@ class ChatSession:
             conn.close()
             return
         conn.login = msg.login
+        conn.batch = msg.batch
         self.members.setdefault(msg.login, 0)  # the token proves the server admitted it
         first = msg.login not in self.online()
         self.conns.add(conn)
@@ -295,13 +330,13 @@ class ChatSession:
                 session=self.id,
                 login=msg.login,
                 members=self.online(),
-                head=self.messages[-1].seq if self.messages else 0,
+                head=self.messages[-1][0] if self.messages else 0,
                 subject=self.subject,
                 message_id=self.message_id,
                 max_text=self.max_text,
             )
         )
-        start = bisect.bisect_right(self.messages, msg.last_seq, key=lambda m: m.seq)
+        start = bisect.bisect_right(self.messages, msg.last_seq, key=_seq)
         for m in self.messages[start:]:
             conn.queue(chat_frame(m))
         for login, seq in self.members.items():
@@ -311,44 +346,66 @@ class ChatSession:
             self._relay(conn, p.Member(login=msg.login, state="joined"))
             self.backend.joined(self, msg.login)
 
-    def say_many(self, conn: SessionConn, items: list[tuple[int, str, str]]) -> None:
-        """``conn``'s member says each ``(request id, client id, text)``, in order.
+    def say_many(
+        self, conn: SessionConn, rids: list[int], cids: list[str], texts: list[str]
+    ) -> None:
+        """``conn``'s member says each ``texts[i]`` (request ``rids[i]``, client id
+        ``cids[i]``), in order.
 
-        The hot path: new messages get their seqs, are pushed to the other members as one
-        write each, and wait for the next commit; anything unusual goes through ``say``.
+        The hot path: new messages get consecutive seqs, are pushed to the other members
+        as one write each, and wait for the next commit; anything unusual (a resend, a
+        limit) goes through :meth:`say`, in its place in the order.
         """
-        login, by_cid, acks = conn.login, self.by_cid, self._acks
-        messages, batch, max_text = self.messages, self._batch, self.max_text
-        seq, now, frames = self.next_seq, time.time(), []
-        for rid, cid, text in items:
-            key = (login, cid)
-            if (
-                key in by_cid
-                or not cid
-                or len(cid) * 4 > MAX_CID
-                or len(text) * 4 > max_text
-                or len(batch) >= MAX_UNSTORED
-            ):
-                self.next_seq = seq
-                self.say(conn, rid, cid, text)
-                seq, batch, acks = self.next_seq, self._batch, self._acks  # may have flushed
-                continue
-            m = StoredMessage(seq, login, cid, text, now)
-            messages.append(m)
-            by_cid[key] = seq
-            acks.append((conn, rid, seq, cid))
-            seq += 1
-            if not batch:
-                self._loop.call_soon(self._flush)
-            batch.append(m)
-            frames.append(chat_frame(m))
-        self.next_seq = seq
+        login, max_text = conn.login, self.max_text
+        seen = self.cids.get(login)
+        if seen is None:
+            seen = self.cids[login] = {}
+        n, i = len(rids), 0
+        while i < n:
+            j, seq = i, self.next_seq
+            room = MAX_UNSTORED - (seq - self._first if self._first else 0)
+            stop = min(n, i + max(room, 0))
+            while j < stop:  # the run of ordinary new messages from i on
+                cid, text = cids[j], texts[j]
+                if cid in seen or not cid or len(cid) * 4 > MAX_CID or len(text) * 4 > max_text:
+                    break
+                seen[cid] = seq + j - i
+                j += 1
+            if j > i:
+                self._take(conn, seq, rids[i:j], cids[i:j], texts[i:j])
+            if j < n:  # one message the careful way, then carry on
+                self.say(conn, rids[j], cids[j], texts[j])
+                j += 1
+            i = j
+
+    def _take(
+        self, conn: SessionConn, seq: int, rids: list[int], cids: list[str], texts: list[str]
+    ) -> None:
+        """Keep new messages ``seq``, ``seq + 1``, ... from ``conn`` (their client ids are
+        recorded already): push them, and add them to the batch waiting for a commit."""
+        login, now, k = conn.login, time.time(), len(rids)
+        self.messages.extend(zip(range(seq, seq + k), repeat(login), cids, texts, repeat(now)))
+        data = chats_frames(login, now, seq, cids, texts, self.max_frame)
+        single = b""  # the same as ``chat`` frames, for members that did not ask for batches
+        self.next_seq = seq + k
         self.last_active = now
-        if frames:
-            data = b"".join(frames)
-            for c in self.conns:
-                if c is not conn:
+        ids, seqs, acked = self._acks.get(conn) or self._acks.setdefault(conn, ([], [], []))
+        ids.extend(rids)
+        seqs.extend(range(seq, seq + k))
+        acked.extend(cids)
+        self._frames.append(data)
+        for c in self.conns:
+            if c is not conn:
+                if c.batch:
                     c.queue(data)
+                else:
+                    single = single or chat_frames(chat_prefix(login, now), seq, cids, texts)
+                    c.queue(single)
+        if not self._first:
+            self._first = seq
+            self.backend.pending(self)
+        elif seq + k - self._first >= MAX_UNSTORED:
+            self.commit()
 
     def say(self, conn: SessionConn, rid: int, cid: str, text: str) -> None:
         """``conn``'s member says ``text`` (request ``rid``, client id ``cid``)."""
@@ -371,68 +428,60 @@ class ChatSession:
                 )
             )
             return
-        key = (conn.login, cid)
-        seq = self.by_cid.get(key)
+        seen = self.cids.setdefault(conn.login, {})
+        seq = seen.get(cid)
         if seq is not None:  # a resend
-            if self._batch and seq >= self._batch[0].seq:  # not committed yet: ack with it
-                self._acks.append((conn, rid, seq, cid))
+            if self._first and seq >= self._first:  # not committed yet: ack with the batch
+                ids, seqs, acked = self._acks.setdefault(conn, ([], [], []))
+                ids.append(rid)
+                seqs.append(seq)
+                acked.append(cid)
             else:
                 conn.queue(said_frame(rid, seq, cid))
             return
-        m = StoredMessage(self.next_seq, conn.login, cid, text, time.time())
-        self.next_seq += 1
-        self.messages.append(m)
-        self.by_cid[key] = m.seq
-        self._acks.append((conn, rid, m.seq, cid))
-        self._batch.append(m)
-        self.last_active = m.ts
-        if len(self._batch) == 1:
-            self._loop.call_soon(self._flush)
-        elif len(self._batch) >= MAX_UNSTORED:
-            self._flush()
-        data = chat_frame(m)
-        for c in self.conns:
-            if c is not conn:
-                c.queue(data)
+        seen[cid] = self.next_seq
+        self._take(conn, self.next_seq, [rid], [cid], [text])
 
-    def _flush(self) -> None:
-        batch, self._batch = self._batch, []
-        acks, self._acks = self._acks, []
-        if batch:
-            sid = self.id
-            self._stored(batch, acks, self.backend.persist([(sid, *m) for m in batch]))
+    def commit(self) -> None:
+        """Store the waiting batch now, alone, and acknowledge it."""
+        batch = self.batch()
+        if batch is not None:
+            self.stored(self.backend.persist([batch]))
 
-    def _stored(
-        self,
-        batch: list[StoredMessage],
-        acks: list[tuple[SessionConn, int, int, str]],
-        err: BaseException | None,
-    ) -> None:
-        """A batch is committed: acknowledge each message to whoever sent it."""
+    def batch(self) -> Batch | None:
+        """The messages waiting for a commit, or None. Call :meth:`stored` after storing."""
+        if not self._first:
+            return None
+        return (self.id, self._first, self.next_seq - 1, b"".join(self._frames))
+
+    def stored(self, err: BaseException | None) -> None:
+        """The batch :meth:`batch` gave is committed (or failed with ``err``): acknowledge
+        each message to whoever sent it."""
+        first, acks = self._first, self._acks
+        if not first:
+            return
+        self._first, self._frames, self._acks = 0, [], {}
         if err is None:
-            per_conn: dict[SessionConn, tuple[list[int], list[int], list[str]]] = {}
-            for c, rid, seq, cid in acks:
-                ids, seqs, cids = per_conn.get(c) or per_conn.setdefault(c, ([], [], []))
-                ids.append(rid)
-                seqs.append(seq)
-                cids.append(cid)
-            for c, (ids, seqs, cids) in per_conn.items():
+            for c, (ids, seqs, cids) in acks.items():
                 c.queue(said_many_frame(ids, seqs, cids))
         else:  # not stored: the senders resend (the same cid is welcome again)
-            for c, rid, _, _ in acks:
-                c.send(
-                    p.Error(
-                        code=p.E_INTERNAL,
-                        id=rid,
-                        message="the message could not be stored; send it again",
+            for c, (ids, _, _) in acks.items():
+                for rid in ids:
+                    c.send(
+                        p.Error(
+                            code=p.E_INTERNAL,
+                            id=rid,
+                            message="the message could not be stored; send it again",
+                        )
                     )
-                )
-            for m in batch:
-                self.by_cid.pop((m.sender, m.cid), None)
+            for _, sender, cid, _, _ in self.messages[
+                bisect.bisect_left(self.messages, first, key=_seq) :
+            ]:
+                self.cids.get(sender, {}).pop(cid, None)
         self.flush_out()
 
     def _read(self, conn: SessionConn, msg: p.Read) -> None:
-        last = self.messages[-1].seq if self.messages else 0
+        last = self.messages[-1][0] if self.messages else 0
         seq = min(msg.seq, last)
         if seq <= self.members.get(conn.login, 0):
             return

@@ -228,6 +228,7 @@ class SessionClient:
                         login=self.login,
                         token=self.token,
                         last_seq=self.last_seq,
+                        batch=True,
                     )
                 )
             )
@@ -330,16 +331,11 @@ class SessionClient:
     # ------------------------------------------------------------------ pushes
 
     def _handle(self, msg: p.Message) -> None:
-        if isinstance(msg, p.Chat):
-            self.last_seq = max(self.last_seq, msg.seq)
-            key = (msg.login, msg.cid)
-            if msg.login == self.login and msg.cid in self._pending:
-                self._stored(msg.cid, msg.seq)
-            elif key not in self._shown:
-                self._shown.add(key)
-                line = Line(msg.seq, msg.login, msg.cid, msg.text, msg.ts, msg.login == self.login)
-                self.lines.append(line)
-                self.events.put_nowait(line)
+        if isinstance(msg, p.Chats):
+            for i, (cid, text) in enumerate(zip(msg.cids, msg.texts, strict=False)):
+                self._chat(msg.seq + i, msg.login, cid, text, msg.ts)
+        elif isinstance(msg, p.Chat):
+            self._chat(msg.seq, msg.login, msg.cid, msg.text, msg.ts)
         elif isinstance(msg, p.SaidMany):
             for rid, seq, cid in zip(msg.ids, msg.seqs, msg.cids, strict=False):
                 self._acked(rid, seq, cid)
@@ -363,6 +359,16 @@ class SessionClient:
                 self._pending.pop(cid, None)
                 self._changed()
             self.events.put_nowait(ErrorEvent(msg.message, cid))
+
+    def _chat(self, seq: int, login: str, cid: str, text: str, ts: float) -> None:
+        self.last_seq = max(self.last_seq, seq)
+        if login == self.login and cid in self._pending:
+            self._stored(cid, seq)
+        elif (login, cid) not in self._shown:
+            self._shown.add((login, cid))
+            line = Line(seq, login, cid, text, ts, login == self.login)
+            self.lines.append(line)
+            self.events.put_nowait(line)
 
     def _acked(self, rid: int, seq: int, cid: str) -> None:
         self._say_ids.pop(rid, None)
