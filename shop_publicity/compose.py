@@ -18,19 +18,45 @@ Rules:
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 import quopri
+import re
+import time
 from email.header import Header
 from email.utils import formataddr, formatdate
 
 from chmail.headers import check_message_id
 
 MAX_LINE = 998  # RFC 5322 2.1.1
+# A display name of atext and spaces needs no quoting (RFC 5322 3.2.3, 3.4): it is
+# written as is, as formataddr would, without formataddr's per-call parsing.
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~ -]+")
+
+
+@functools.lru_cache(maxsize=16)
+def _keyed(key: str) -> hmac.HMAC:
+    """The HMAC state after the key (copied per message, not re-keyed)."""
+    return hmac.new(key.encode(), digestmod=hashlib.sha256)
+
+
+@functools.lru_cache(maxsize=4)
+def _date(second: int) -> str:
+    """The Date header for one second: a campaign sends hundreds of mails per second."""
+    return formatdate(second, usegmt=True)
+
+
+def _to(name: str, addr: str) -> str:
+    if name and name[0] != " " and name[-1] != " " and _PLAIN_NAME.fullmatch(name):
+        return f"{name} <{addr}>"
+    return formataddr((name, addr), charset="utf-8")
 
 
 def _mac(key: str, text: str, n: int) -> str:
-    digest = hmac.new(key.encode(), text.encode(), hashlib.sha256).digest()
+    h = _keyed(key).copy()
+    h.update(text.encode())
+    digest = h.digest()
     return base64.urlsafe_b64encode(digest).decode("ascii").rstrip("=")[:n]
 
 
@@ -80,9 +106,9 @@ def compose(
     plain = text.isascii() and all(len(line) <= 76 for line in lines)
     headers = [
         ("From", from_addr),
-        ("To", formataddr((to_name, to_addr), charset="utf-8")),
+        ("To", _to(to_name, to_addr)),
         ("Subject", _subject(subject)),
-        ("Date", formatdate(date, usegmt=True)),
+        ("Date", _date(int(time.time() if date is None else date))),
         ("Message-ID", msg_id),
         ("MIME-Version", "1.0"),
         ("Content-Type", "text/plain; charset=utf-8"),

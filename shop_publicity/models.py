@@ -11,6 +11,9 @@ SENDING = "sending"
 SENT = "sent"
 FAILED = "failed"
 SKIPPED = "skipped"
+# Not a state of its own: an Outcome that puts a claimed ('sending') row back to
+# 'pending' untouched, because the send stopped before the row's turn came.
+RELEASE = "release"
 
 # Campaign states.
 DRAFT = "draft"

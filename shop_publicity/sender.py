@@ -6,18 +6,23 @@ The rules, and why:
   ``recipients`` table in the same transaction that marks the campaign sending.
 * One row moves ``pending -> sending -> sent | failed`` (or back to ``pending`` with a
   later ``next_at`` for a retry; ``skipped`` when the member withdrew consent first).
-* For each mail: MAIL FROM, RCPT TO, then the row is committed as ``sending`` (with the
-  X-CH headers leased for it), and only then DATA. A row is marked ``sent`` as soon as
-  the server accepts the DATA. So after a crash:
+* Rows are claimed before their turn: the feeder leases each row's X-CH headers and
+  commits the row as ``sending`` (with those headers), a pool's worth of rows per
+  commit, and only then hands the rows to the connections, which never wait for the
+  database before DATA. A row is marked ``sent`` as soon as the server accepts the
+  DATA (committed with the next claim, a few mails later). So after a crash:
   - ``pending`` rows were never offered to the server's DATA: sending them is safe;
   - ``sent`` rows were accepted: they are never sent again;
-  - ``sending`` rows are the only uncertain ones: the process died between starting
-    DATA and committing the server's answer. The server may or may not have taken the
-    mail. They are resent (``resend_uncertain``, the default, because losing a
-    recipient is the failure listmonk #2273 shows) with the *same* Message-ID and the
-    same X-CH headers, so it is the same message, which receivers that de-duplicate by
-    Message-ID show once; ``uncertain`` counts them and ``campaign status`` reports it.
-    With ``resend_uncertain = false`` they are marked failed instead (at most once).
+  - ``sending`` rows are the only uncertain ones: claimed, and maybe offered; the
+    process died before committing the server's answer. The server may or may not
+    have taken the mail. They are resent (``resend_uncertain``, the default, because
+    losing a recipient is the failure listmonk #2273 shows) with the *same* Message-ID
+    and the same X-CH headers, so it is the same message, which receivers that
+    de-duplicate by Message-ID show once; ``uncertain`` counts them and ``campaign
+    status`` reports it. The count is an upper bound: it includes claimed rows whose
+    turn had not come (for them the resend is the first delivery). With
+    ``resend_uncertain = false`` they are marked failed instead (at most once).
+  - A pause or stop puts claimed rows whose turn had not come back to ``pending``.
   This window (end of DATA to the commit of its answer) is the residual risk of any
   SMTP sender: SMTP has no way to ask a server whether it has a message (RFC 5321
   section 6.1 accepts duplicates as the price of not losing mail).
@@ -36,6 +41,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -228,7 +234,10 @@ class Sender:
 
     async def _loop(self) -> None:
         size = max(1, self.cfg.pool_size)
-        queue: asyncio.Queue[m.Recipient | None] = asyncio.Queue(maxsize=size * 8)
+        # Claimed rows wait here for a connection: two per connection keeps every
+        # connection busy while the next claim commits, and bounds the rows a crash
+        # leaves claimed but never offered.
+        queue: asyncio.Queue[m.Recipient | None] = asyncio.Queue(maxsize=size * 2)
         workers = [asyncio.create_task(self._worker(queue)) for _ in range(size)]
         try:
             while not self.stop_reason:
@@ -238,10 +247,15 @@ class Sender:
                     if not batch:
                         break
                     after = batch[-1].member.id
-                    for rec in batch:
+                    for i in range(0, len(batch), size):
                         if self.stop_reason:
                             break
-                        await queue.put(rec)
+                        claimed = await self._claim(batch[i : i + size])
+                        for n, rec in enumerate(claimed):
+                            if self.stop_reason:
+                                self._release(claimed[n:])
+                                break
+                            await queue.put(rec)
                 await queue.join()
                 # Outcomes are posted, not awaited: read the table only once they are in
                 # it, or a retry still uncommitted would look like nothing left to do.
@@ -256,6 +270,42 @@ class Sender:
             for _ in workers:
                 await queue.put(None)
             await asyncio.gather(*workers, return_exceptions=True)
+
+    async def _claim(self, recs: list[m.Recipient]) -> list[m.Recipient]:
+        """Lease the rows' X-CH headers and commit them as 'sending'; the rows to send.
+
+        One commit for the lot (it also carries every outcome posted since the last
+        one). Members who withdrew consent are skipped; a failed lease is retried later.
+        """
+        mailable = []
+        for rec in recs:
+            if rec.member.mailable:
+                mailable.append(rec)
+            else:
+                self.result.skipped += 1
+                self.committer.post(m.Outcome(self.cid, rec.member.id, m.SKIPPED, time.time()))
+                self._tick()
+        leased = await asyncio.gather(*(self._lease(rec) for rec in mailable))
+        ready: list[m.Recipient] = []
+        last: asyncio.Future[None] | None = None
+        for rec, got in zip(mailable, leased, strict=True):
+            if isinstance(got, _Retry):
+                await self._retry(rec, str(got))
+                continue
+            if got != rec.ch_headers:
+                rec = dataclasses.replace(rec, ch_headers=got)
+            last = self.committer.post(
+                m.Outcome(self.cid, rec.member.id, m.SENDING, time.time(), ch_headers=got)
+            )
+            ready.append(rec)
+        if last is not None:
+            await self.committer.sync(last)
+        return ready
+
+    def _release(self, recs: list[m.Recipient]) -> None:
+        now = time.time()
+        for rec in recs:
+            self.committer.post(m.Outcome(self.cid, rec.member.id, m.RELEASE, now))
 
     # ------------------------------------------------------------------ one connection
 
@@ -283,7 +333,8 @@ class Sender:
                     if self.committer.failed is not None and not self.stop_reason:
                         self.stop_reason = "the status table could not be written"
                     if self.stop_reason:
-                        continue  # still pending in the table; a resume takes it
+                        self._release([rec])  # back to pending; a resume takes it
+                        continue
                     await self._one(smtp, rec)
                 finally:
                     queue.task_done()
@@ -293,27 +344,21 @@ class Sender:
                     await smtp.quit()
 
     async def _one(self, smtp: aiosmtplib.SMTP, rec: m.Recipient) -> None:
-        now = time.time()
-        if not rec.member.mailable:
-            self.result.skipped += 1
-            self.committer.post(m.Outcome(self.cid, rec.member.id, m.SKIPPED, now))
-            self._tick()
-            return
+        """Send one claimed row (committed 'sending' with its X-CH headers)."""
         try:
-            headers = rec.ch_headers or await self._lease(rec)
             mail = campaigns.render_for(
                 self.camp,
                 self.product,
                 rec.member,
                 self.cfg,
                 self.key,
-                extra=_header_lines(headers),
+                extra=_header_lines(rec.ch_headers),
                 msg_id=rec.message_id,
                 tpls=self.tpls,
             )
             if self.limited:  # no per-mail lock and clock reads when there is no limit
                 await self.limiter.acquire()
-            await self._smtp_send(smtp, rec, mail.raw, headers)
+            await self._smtp_send(smtp, rec, mail.raw)
         except _Retry as exc:
             await self._retry(rec, str(exc))
         except (_Fail, TemplateError) as exc:
@@ -321,26 +366,19 @@ class Sender:
         else:
             await self._finish(rec, m.SENT)
 
-    async def _lease(self, rec: m.Recipient) -> str:
-        if self.allocate is None:
-            return ""
+    async def _lease(self, rec: m.Recipient) -> str | _Retry:
+        """The row's X-CH header lines (kept from an earlier claim, or leased now)."""
+        if rec.ch_headers or self.allocate is None:
+            return rec.ch_headers
         try:
             link = await self.allocate(rec.message_id, [rec.member.email], self.ctx)
         except ChmailError as exc:
-            raise _Retry(f"the CH server gave no chat port: {exc}") from exc
+            return _Retry(f"the CH server gave no chat port: {exc}")
         return "\n".join(f"{k}: {v}" for k, v in link.headers())
 
-    async def _smtp_send(
-        self, smtp: aiosmtplib.SMTP, rec: m.Recipient, raw: bytes, headers: str
-    ) -> None:
-        # Recorded as 'sending' before DATA can start. The write is posted first and
-        # synced after RCPT, so it usually rides in a commit another connection's
-        # demand started during our MAIL/RCPT round trips; a crash
-        # before DATA then only makes a never-offered mail look uncertain (it is resent
-        # once, which is its first delivery).
-        sending = self.committer.post(
-            m.Outcome(self.cid, rec.member.id, m.SENDING, time.time(), ch_headers=headers)
-        )
+    async def _smtp_send(self, smtp: aiosmtplib.SMTP, rec: m.Recipient, raw: bytes) -> None:
+        # The row was committed as 'sending' when it was claimed, so DATA may start at
+        # once: from there on the server may take the mail.
         try:
             if not smtp.is_connected:
                 await smtp.connect()
@@ -355,8 +393,6 @@ class Sender:
         except (aiosmtplib.SMTPException, OSError) as exc:
             smtp.close()
             raise _Retry(f"connection to {self.cfg.smtp_host} failed: {exc}") from exc
-        # The point of no return: from here the server may take the mail.
-        await self.committer.sync(sending)
         try:
             await smtp.data(raw)
         except aiosmtplib.SMTPResponseException as exc:
@@ -404,8 +440,8 @@ class Sender:
             self.result.sent_now += 1
         else:
             self.result.failed += 1
-        # Not awaited: the connection moves on to the next mail, whose 'sending' write
-        # is committed after this one (FIFO), before its DATA. Committer.stop() flushes.
+        # Not awaited: the connection moves on to the next mail; the feeder's next claim
+        # commits it (FIFO), a few mails later. Committer.stop() flushes.
         self.committer.post(
             m.Outcome(self.cid, rec.member.id, status, time.time(), error=why, attempts_inc=1)
         )

@@ -32,21 +32,28 @@ SQL_FINAL = (
     " updated_at = ?, sent_at = CASE WHEN ? = 'sent' THEN ? ELSE sent_at END"
     " WHERE campaign_id = ? AND member_id = ?"
 )
+SQL_RELEASE = (
+    "UPDATE recipients SET status = 'pending', updated_at = ?"
+    " WHERE campaign_id = ? AND member_id = ? AND status = 'sending'"
+)
 SQL_EVENT = "INSERT INTO events(campaign_id, kind, member_id, at, data) VALUES (?,?,?,?,?)"
 _KINDS = {m.SENT: m.EV_SENT, m.FAILED: m.EV_FAILED}
 
 
-def _batch(outcomes: Sequence[m.Outcome]) -> tuple[list[Any], list[Any], list[Any]]:
-    """Parameters for SQL_SENDING, SQL_FINAL and SQL_EVENT.
+def _batch(
+    outcomes: Sequence[m.Outcome],
+) -> tuple[list[Any], list[Any], list[Any], list[Any]]:
+    """Parameters for SQL_SENDING, SQL_FINAL, SQL_EVENT and SQL_RELEASE.
 
-    A row's 'sending' is always posted before its final state, and a final state is
-    never followed by another 'sending' of the same row in one batch (a retry is read
-    back from the table first), so all 'sending' rows can go first.
+    A row's 'sending' is always posted before its final state or its release, and
+    neither is followed by another 'sending' of the same row in one batch (a retry is
+    read back from the table first), so all 'sending' rows can go first.
     """
     sending = [
         (o.ch_headers, o.at, o.campaign_id, o.member_id) for o in outcomes if o.status == m.SENDING
     ]
-    finals = [o for o in outcomes if o.status != m.SENDING]
+    released = [(o.at, o.campaign_id, o.member_id) for o in outcomes if o.status == m.RELEASE]
+    finals = [o for o in outcomes if o.status not in (m.SENDING, m.RELEASE)]
     final_rows = [
         (
             o.status,
@@ -72,7 +79,7 @@ def _batch(outcomes: Sequence[m.Outcome]) -> tuple[list[Any], list[Any], list[An
         for o in finals
         if o.status in _KINDS
     ]
-    return sending, final_rows, events
+    return sending, final_rows, events, released
 
 
 class StatusWriter:
@@ -93,7 +100,7 @@ class StatusWriter:
             self.db = sqlite3.connect(self.path, check_same_thread=False)
             self.db.execute("PRAGMA busy_timeout=5000")
             self.db.execute("PRAGMA synchronous=NORMAL")
-        sending, finals, events = _batch(outcomes)
+        sending, finals, events, released = _batch(outcomes)
         try:
             with self.db:  # one transaction: commit, or roll back on error
                 if sending:
@@ -102,6 +109,8 @@ class StatusWriter:
                     self.db.executemany(SQL_FINAL, finals)
                 if events:
                     self.db.executemany(SQL_EVENT, events)
+                if released:
+                    self.db.executemany(SQL_RELEASE, released)
         except sqlite3.Error as exc:
             raise StoreError(f"Could not record the send status: {exc}.") from exc
 
@@ -227,7 +236,7 @@ class SendingStore:
                 self._writer = StatusWriter(self.path)
             await self._writer.apply(outcomes)
             return
-        sending, finals, events = _batch(outcomes)
+        sending, finals, events, released = _batch(outcomes)
         try:
             if sending:
                 await self.conn.executemany(SQL_SENDING, sending)
@@ -235,6 +244,8 @@ class SendingStore:
                 await self.conn.executemany(SQL_FINAL, finals)
             if events:
                 await self.conn.executemany(SQL_EVENT, events)
+            if released:
+                await self.conn.executemany(SQL_RELEASE, released)
             await self.conn.commit()
         except sqlite3.Error as exc:
             await self.conn.rollback()

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import email
 import email.policy
+from email.utils import formataddr
 from pathlib import Path
 
 import pytest
 
 from chmail.errors import ShopError
-from shop_publicity import campaigns, members, products, reports
+from shop_publicity import campaigns, compose, members, products, reports
 from shop_publicity.__main__ import main
 from shop_publicity.store import Store
-from shop_publicity.templates import TemplateError, compile_templates, render
+from shop_publicity.templates import TemplateError, Templates, compile_templates, render
 from tests.shop_support import shop_config
 
 CSV = """email,name,consent,login,age_band,job,hobbies,interests
@@ -81,6 +82,34 @@ def test_template_errors_name_template_and_line() -> None:
     tpls = compile_templates("Hi {{ x }}", "b")
     with pytest.raises(TemplateError, match="line break"):
         render(tpls, {"x": "a\r\nBcc: victim@example.com"})
+
+
+def test_one_pass_render_says_what_the_careful_render_says() -> None:
+    """The one-pass render (subject and body together) gives the same mail as rendering
+    each alone, and falls back to the same errors; a subject with a statement is never
+    rendered together with the body (a {% set %} there must not reach the body)."""
+    ctx = {"member": {"name": "Ann", "tags": ["a", "b"]}, "x": "\x1e<chmail-body>!"}
+    subject = "Hi {{ member.name }} {{ x }}"
+    body = "{% for t in member.tags %}{{ t }},{% endfor %}\n"
+    fast = compile_templates(subject, body)
+    assert fast.both is not None
+    careful = Templates(fast.subject, fast.body)
+    assert render(fast, ctx) == render(careful, ctx) == ("Hi Ann \x1e<chmail-body>!", "a,b,\n")
+    assert compile_templates("{% set y = 1 %}Hi", "{{ y }}").both is None
+    with pytest.raises(TemplateError, match="line 1 of the body: 'y' is undefined"):
+        render(compile_templates("{% set y = 1 %}Hi", "{{ y }}"), {})
+    bad = compile_templates("Hi {{ member.name }}", "one\n{{ member.nope.deeper }}\n")
+    assert bad.both is not None
+    with pytest.raises(TemplateError, match="line 2 of the body"):
+        render(bad, {"member": {"name": "A"}})
+
+
+def test_display_names_written_as_formataddr_writes_them() -> None:
+    """The To header's fast path for plain names equals email.utils.formataddr."""
+    for name in ("Member Number 7", "Ann O'Neil", "Dr. Who", "a,b", "Jürgen", "", " x", 'a"b'):
+        assert compose._to(name, "a@b.example") == formataddr(
+            (name, "a@b.example"), charset="utf-8"
+        )
 
 
 async def test_preview_renders_one_members_mail(tmp_path: Path) -> None:
