@@ -89,7 +89,8 @@ async def test_error_threshold_pauses_then_resume_finishes(tmp_path: Path) -> No
 
 
 async def test_pause_from_outside_then_resume_mails_each_once(tmp_path: Path) -> None:
-    """`campaign pause` stops a running send between two mails; resume finishes it."""
+    """`campaign pause` stops a running send between two mails, leaving no row claimed
+    ahead as uncertain; resume finishes it."""
     sink = Sink()
     server, port = await start_sink(sink)
     store = await seeded_store(tmp_path / "data", 200)
@@ -103,8 +104,12 @@ async def test_pause_from_outside_then_resume_mails_each_once(tmp_path: Path) ->
         assert res.status == "paused"
         assert res.reason == "paused by the admin"
         assert 20 <= sink.total < 200
+        counts = await store.counts(cid)
+        assert counts["sending"] == 0  # rows claimed ahead went back to pending
+        assert counts["sent"] == sink.total
         again = await Sender(store, cfg, cid).run()
         assert again.status == "done"
+        assert again.uncertain == 0
         assert len(sink.by_rcpt) == 200
         assert set(sink.by_rcpt.values()) == {1}
     finally:
