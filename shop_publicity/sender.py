@@ -56,6 +56,7 @@ from chmail.headers import ChatLink
 from shop_publicity import campaigns
 from shop_publicity import compose as c
 from shop_publicity import models as m
+from shop_publicity import smtp_conn as sm
 from shop_publicity.commit import Committer
 from shop_publicity.ratelimit import ErrorGauge, RateLimiter, backoff
 from shop_publicity.store import Store
@@ -92,16 +93,6 @@ class SendResult:
         return self.sent_now / spent if spent > 0 else 0.0
 
 
-class _Retry(Exception):
-    def __init__(self, why: str) -> None:
-        super().__init__(why)
-
-
-class _Fail(Exception):
-    def __init__(self, why: str) -> None:
-        super().__init__(why)
-
-
 def _header_lines(block: str) -> list[tuple[str, str]]:
     out = []
     for line in block.splitlines():
@@ -109,10 +100,6 @@ def _header_lines(block: str) -> list[tuple[str, str]]:
         if sep:
             out.append((name, value))
     return out
-
-
-def _reply(exc: aiosmtplib.SMTPResponseException) -> str:
-    return f"{exc.code} {exc.message}".strip()
 
 
 class Sender:
@@ -289,7 +276,7 @@ class Sender:
         ready: list[m.Recipient] = []
         last: asyncio.Future[None] | None = None
         for rec, got in zip(mailable, leased, strict=True):
-            if isinstance(got, _Retry):
+            if isinstance(got, sm.Retry):
                 await self._retry(rec, str(got))
                 continue
             if got != rec.ch_headers:
@@ -309,21 +296,8 @@ class Sender:
 
     # ------------------------------------------------------------------ one connection
 
-    def _client(self) -> aiosmtplib.SMTP:
-        sec = self.cfg.smtp_security
-        return aiosmtplib.SMTP(
-            hostname=self.cfg.smtp_host,
-            port=self.cfg.smtp_port,
-            username=self.cfg.smtp_user or None,
-            password=self.password or None,
-            use_tls=sec == "tls",
-            start_tls=sec == "starttls",
-            timeout=self.cfg.smtp_timeout,
-            local_hostname=c.domain_of(self.cfg.from_addr),
-        )
-
     async def _worker(self, queue: asyncio.Queue[m.Recipient | None]) -> None:
-        smtp = self._client()
+        smtp = sm.client(self.cfg, self.password)
         try:
             while True:
                 rec = await queue.get()
@@ -358,50 +332,25 @@ class Sender:
             )
             if self.limited:  # no per-mail lock and clock reads when there is no limit
                 await self.limiter.acquire()
-            await self._smtp_send(smtp, rec, mail.raw)
-        except _Retry as exc:
+            await sm.deliver(
+                smtp, self.cfg.smtp_host, self.envelope_from, rec.member.email, mail.raw
+            )
+        except sm.Retry as exc:
             await self._retry(rec, str(exc))
-        except (_Fail, TemplateError) as exc:
+        except (sm.Fail, TemplateError) as exc:
             await self._finish(rec, m.FAILED, str(exc))
         else:
             await self._finish(rec, m.SENT)
 
-    async def _lease(self, rec: m.Recipient) -> str | _Retry:
+    async def _lease(self, rec: m.Recipient) -> str | sm.Retry:
         """The row's X-CH header lines (kept from an earlier claim, or leased now)."""
         if rec.ch_headers or self.allocate is None:
             return rec.ch_headers
         try:
             link = await self.allocate(rec.message_id, [rec.member.email], self.ctx)
         except ChmailError as exc:
-            return _Retry(f"the CH server gave no chat port: {exc}")
+            return sm.Retry(f"the CH server gave no chat port: {exc}")
         return "\n".join(f"{k}: {v}" for k, v in link.headers())
-
-    async def _smtp_send(self, smtp: aiosmtplib.SMTP, rec: m.Recipient, raw: bytes) -> None:
-        # The row was committed as 'sending' when it was claimed, so DATA may start at
-        # once: from there on the server may take the mail.
-        try:
-            if not smtp.is_connected:
-                await smtp.connect()
-            await smtp.mail(self.envelope_from)
-            await smtp.rcpt(rec.member.email)
-        except aiosmtplib.SMTPResponseException as exc:
-            with contextlib.suppress(aiosmtplib.SMTPException, OSError):
-                await smtp.rset()
-            if 400 <= exc.code < 500:
-                raise _Retry(_reply(exc)) from exc
-            raise _Fail(_reply(exc)) from exc
-        except (aiosmtplib.SMTPException, OSError) as exc:
-            smtp.close()
-            raise _Retry(f"connection to {self.cfg.smtp_host} failed: {exc}") from exc
-        try:
-            await smtp.data(raw)
-        except aiosmtplib.SMTPResponseException as exc:
-            if 400 <= exc.code < 500:
-                raise _Retry(_reply(exc)) from exc
-            raise _Fail(_reply(exc)) from exc
-        except (aiosmtplib.SMTPException, OSError) as exc:
-            smtp.close()
-            raise _Retry(f"connection dropped during the mail: {exc}") from exc
 
     async def _retry(self, rec: m.Recipient, why: str) -> None:
         # rows reach here either before DATA (attempts not counted yet) or after.
