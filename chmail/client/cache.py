@@ -8,7 +8,10 @@ Rules:
   ``page()`` walks one index per sort order and reads only ``limit`` rows, so a folder of
   100,000 messages opens as fast as one of 100 (the TUI virtualises its rows).
 * Threads follow References / In-Reply-To: every Message-ID seen maps to a thread, and
-  two threads that turn out to be one are merged.
+  two threads that turn out to be one are merged. New rows get their thread (and join
+  the search index and address book) in the pass after a sync (cache_ingest.py);
+  ``thread()``, the Message-ID look-ups, ``search()`` and ``addresses()`` wait for it,
+  a row read before it has ``thread_id`` 0.
 * All SQL of the client lives here and in ``cache_*.py``. Writes are serialised by one
   lock so two tasks never share a transaction.
 """
@@ -284,6 +287,7 @@ class Cache(Ingest):
     async def all_by_message_id(self, message_id: str, account: str | None = None) -> list[Message]:
         """Every cached copy (one per folder it is in) of the mail with this Message-ID."""
         mid = message_id if message_id.startswith("<") else f"<{message_id}>"
+        await self.index_pending()  # thread_ids of rows stored since the last pass
         rows = await self._all(
             f"SELECT {_MSG_COLS} FROM messages m JOIN folders f ON f.id = m.folder_id"  # noqa: S608
             " WHERE m.thread_id = (SELECT thread_id FROM thread_ids WHERE message_id = ?)"
@@ -294,6 +298,7 @@ class Cache(Ingest):
 
     async def thread(self, thread_id: int) -> list[Message]:
         """Every cached message of a thread, oldest first."""
+        await self.index_pending()  # thread ids of rows stored since the last pass
         rows = await self._all(
             f"SELECT {_MSG_COLS} FROM messages m JOIN folders f ON f.id = m.folder_id"  # noqa: S608
             " WHERE m.thread_id = ? ORDER BY m.date, m.id",
@@ -336,6 +341,7 @@ class Cache(Ingest):
 
     async def addresses(self, prefix: str, limit: int = 10) -> list[Address]:
         """Address completion: addresses or names starting with ``prefix``, most used first."""
+        await self.index_pending()  # addresses of the last synced batches
         return await cache_search.addresses(self.conn, prefix, limit)
 
     async def note_sent(self, addrs: Iterable[tuple[str, str]]) -> None:

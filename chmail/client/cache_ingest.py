@@ -1,9 +1,12 @@
-"""Headers into the cache: batch inserts on the SQLite thread, and search indexing after.
+"""Headers into the cache: batch inserts on the SQLite thread, and the indexing pass after.
 
-The whole batch (threads, rows, folder counts, address book) runs as one call on
-aiosqlite's thread, so it costs one hand-off and no event-loop round trips per statement.
-Search indexing (FTS5) is done right after a sync, in bulk, in the background;
-``Cache.search()`` and ``close()`` wait for it.
+Storing a batch writes only the rows and the folder counts, as one call on aiosqlite's
+thread (one hand-off, no event-loop round trips per statement): that is what a folder
+listing needs. What only some readers need is done right after a sync, in bulk, in the
+background, by ``index_pending()``: thread ids (References / In-Reply-To), the address
+book, and the search index (FTS5). Rows stored since the last pass have ``indexed = 0``
+and ``thread_id = 0``; the readers that need the pass (search, threads, look-ups by
+Message-ID, address completion) and ``close()`` wait for it.
 """
 
 from __future__ import annotations
@@ -13,11 +16,19 @@ import contextlib
 import functools
 import sqlite3
 from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import aiosqlite
 
 from chmail.client import cache_search, cache_threads
 from chmail.client.cache_local import LocalChanges, flags_text
 from chmail.client.cache_models import SEEN, NewMessage
 from chmail.errors import StoreError
+
+_PENDING_SQL = (
+    "SELECT id, message_id, refs, in_reply_to, thread_id FROM messages WHERE indexed = 0"
+    " ORDER BY id LIMIT ?"
+)
 
 _CHUNK = 500
 _cached_flags_text = functools.lru_cache(maxsize=256)(flags_text)  # few flag sets per mailbox
@@ -29,20 +40,25 @@ def _flags_text(flags: Iterable[str]) -> str:
 
 class Ingest(LocalChanges):
     _indexer: asyncio.Task[int] | None = None
+    # Batches whose addresses the next pass adds to the address book (kept in memory:
+    # a crash before the pass costs only some completion entries).
+    _addr_backlog: list[Sequence[NewMessage]]
+
+    def __init__(self, conn: aiosqlite.Connection, path: Path) -> None:
+        super().__init__(conn, path)
+        self._addr_backlog = []
 
     async def add_messages(
         self, folder_id: int, msgs: Sequence[NewMessage], *, uidvalidity: int = 0
     ) -> int:
         """Insert (or refresh the flags of) messages by UID; returns how many were given.
-
-        The whole batch (threads, rows, address book) runs as one call on the SQLite
-        thread, so sync can parse the next batch on the event loop meanwhile (sqlite3
-        releases the GIL while it writes)."""
+        Thread ids, addresses and the search index follow in ``index_pending()``."""
         if not msgs:
             return 0
         async with self._write:
             try:
                 await self.conn._execute(self._add_sync, folder_id, msgs, uidvalidity)  # type: ignore[no-untyped-call]
+                self._addr_backlog.append(msgs)
             except sqlite3.Error as exc:
                 await self.conn.rollback()
                 raise StoreError(
@@ -70,27 +86,27 @@ class Ingest(LocalChanges):
             )
             known.update(r[0] for r in cur.fetchall())
         fresh = [m for m in msgs if m.uid not in known]
-        tids = cache_threads.assign(db, msgs)
-        # Bound per row: what differs per row (16 values); the batch's folder and
+        # Bound per row: what differs per row (15 values); the batch's folder and
         # UIDVALIDITY are integers written into the statement, seen / has_ch are derived
         # by SQLite from the flags and X-CH text (binding is most of the insert's cost).
+        # thread_id stays 0 until the indexing pass.
         rows = [
             (
-                m.uid, m.message_id, m.in_reply_to, " ".join(m.references), tid,
+                m.uid, m.message_id, m.in_reply_to, " ".join(m.references),
                 m.from_name, m.from_addr, m.to, m.cc, m.subject, m.date,
                 _flags_text(m.flags), m.size,
                 "".join(f"{n}: {v}\n" for n, v in m.ch_headers) if m.ch_headers else "",
                 (m.from_name or m.from_addr).casefold(), cache_search.subject_key(m.subject),
             )
-            for m, tid in zip(msgs, tids, strict=True)
+            for m in msgs
         ]  # fmt: skip
         db.executemany(
             "INSERT INTO messages (folder_id, uid, uidvalidity, message_id, in_reply_to,"  # noqa: S608 (two ints)
             " refs, thread_id, from_name, from_addr, to_addrs, cc_addrs, subject, date,"
             " flags, seen, size, has_ch, ch_headers, sort_from, sort_subject, indexed)"
-            f" VALUES ({int(folder_id)}, ?1, {int(uidvalidity)}, ?2, ?3, ?4, ?5, ?6, ?7, ?8,"
-            " ?9, ?10, ?11, ?12, instr(' ' || ?12 || ' ', ' \\Seen ') > 0, ?13, ?14 != '',"
-            " ?14, ?15, ?16, 0)"
+            f" VALUES ({int(folder_id)}, ?1, {int(uidvalidity)}, ?2, ?3, ?4, 0, ?5, ?6, ?7,"
+            " ?8, ?9, ?10, ?11, instr(' ' || ?11 || ' ', ' \\Seen ') > 0, ?12, ?13 != '',"
+            " ?13, ?14, ?15, 0)"
             " ON CONFLICT (folder_id, uid) DO UPDATE SET flags = excluded.flags,"
             " seen = excluded.seen",
             rows,
@@ -101,7 +117,6 @@ class Ingest(LocalChanges):
                 "UPDATE folders SET total = total + ?, unread = unread + ? WHERE id = ?",
                 (len(fresh), unread, folder_id),
             )
-        cache_search.note_addresses_sync(db, msgs)
         db.commit()
 
     def index_soon(self) -> None:
@@ -116,25 +131,45 @@ class Ingest(LocalChanges):
         await super().close()
 
     async def index_pending(self, limit: int = 0) -> int:
-        """Add rows stored since the last call to the search index; returns how many.
-        Sync calls this after storing headers; ``limit`` bounds one call (0: all)."""
-        async with self.transaction() as db:
-            async with db.execute(
-                "SELECT max(id), count(*) FROM (SELECT id FROM messages WHERE indexed = 0"
-                " ORDER BY id LIMIT ?)",
-                (limit or -1,),
-            ) as cur:
-                row = await cur.fetchone()
-            if row is None or not row[1]:
-                return 0
-            top, n = int(row[0]), int(row[1])
-            await db.execute(
+        """The pass over rows stored since the last one: thread ids, address book, search
+        index; returns how many rows. Sync starts it after storing headers (index_soon);
+        ``limit`` bounds one call (0: all)."""
+        async with self._write:
+            backlog, self._addr_backlog = self._addr_backlog, []
+            try:
+                n: int = await self.conn._execute(self._index_sync, limit, backlog)  # type: ignore[no-untyped-call]
+            except sqlite3.Error as exc:
+                await self.conn.rollback()
+                raise StoreError(
+                    f"The mail cache {self.path} could not be written: {exc}."
+                ) from exc
+            except BaseException:
+                await self.conn.rollback()
+                raise
+        return n
+
+    def _index_sync(self, limit: int, backlog: list[Sequence[NewMessage]]) -> int:
+        db: sqlite3.Connection = self.conn._conn  # runs on aiosqlite's own thread
+        for msgs in backlog:
+            cache_search.note_addresses_sync(db, msgs)
+        rows = db.execute(_PENDING_SQL, (limit or -1,)).fetchall()
+        if rows:
+            top = rows[-1][0]
+            db.execute(
                 "INSERT INTO messages_fts (rowid, subject, sender, recipients, body)"
                 " SELECT id, subject, from_name || ' ' || from_addr, to_addrs || ' ' || cc_addrs,"
                 " coalesce(body_text, '') FROM messages WHERE indexed = 0 AND id <= ?",
                 (top,),
             )
-            await db.execute(
-                "UPDATE messages SET indexed = 1 WHERE indexed = 0 AND id <= ?", (top,)
+            unthreaded = [r for r in rows if not r[4]]
+            tids = cache_threads.assign(
+                db, [cache_threads.thread_keys(r[1], r[2], r[3]) for r in unthreaded]
             )
-        return n
+            db.executemany(
+                "UPDATE messages SET thread_id = ?, indexed = 1 WHERE id = ?",
+                [(tid, r[0]) for r, tid in zip(unthreaded, tids, strict=True)],
+            )
+            if len(unthreaded) < len(rows):  # rows threaded before this pass existed
+                db.execute("UPDATE messages SET indexed = 1 WHERE indexed = 0 AND id <= ?", (top,))
+        db.commit()
+        return len(rows)

@@ -1,4 +1,5 @@
-"""Threads of the cache (References / In-Reply-To), computed per batch on the SQLite thread.
+"""Threads of the cache (References / In-Reply-To), computed on the SQLite thread by the
+pass that follows a sync (``Ingest.index_pending``), for the rows stored since the last one.
 
 Every Message-ID seen, a message's own or one it refers to, maps to a thread
 (``thread_ids``). A new message joins the thread of any id it shares; when its ids span
@@ -11,14 +12,17 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Sequence
 
-from chmail.client.cache_models import NewMessage
-
 _CHUNK = 500
 
 
-def assign(db: sqlite3.Connection, msgs: Sequence[NewMessage]) -> list[int]:
-    """Thread id for each message of the batch (writes threads and thread_ids)."""
-    keys_of = [[k for k in (m.message_id, *m.references, m.in_reply_to) if k] for m in msgs]
+def thread_keys(message_id: str, refs: str, in_reply_to: str) -> list[str]:
+    """The Message-IDs that tie a stored row to its thread: its own first."""
+    return [k for k in (message_id, *refs.split(), in_reply_to) if k]
+
+
+def assign(db: sqlite3.Connection, keys_of: Sequence[list[str]]) -> list[int]:
+    """Thread id for each message, given its ``thread_keys()`` (writes thread_ids, and merges
+    threads of rows already stored)."""
     wanted = list({k for keys in keys_of for k in keys})
     known: dict[str, int] = {}
     for i in range(0, len(wanted), _CHUNK):

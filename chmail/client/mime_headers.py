@@ -62,7 +62,7 @@ def codec_for(charset: str) -> str:
     name = CHARSET_ALIASES.get(name, name)
     try:
         return codecs.lookup(name).name
-    except LookupError:
+    except (LookupError, ValueError):  # ValueError: a NUL in the name
         return "utf-8"
 
 

@@ -150,14 +150,17 @@ class Syncer:
         if progress:
             progress(0, len(new), name)
         done = 0
-        # Batches are stored one after the other, not overlapped with the next fetch:
-        # sqlite3 drops and retakes the GIL for every row, and next to a busy event loop
-        # each retake waits out the interpreter's switch interval (a GIL convoy), which
-        # made overlapping slower than doing one thing at a time.
-        async for batch in self.backend.headers(name, new):
-            done += await self.cache.add_messages(folder.id, batch, uidvalidity=state.uidvalidity)
-            if progress:
-                progress(done, len(new), name)
+        # Parsing and storing take turns (an IMAP backend pauses its reader while a batch
+        # is stored, the server's sending meanwhile lands in the kernel's buffer): sqlite3
+        # drops and retakes the GIL for every row, and next to a busy event loop each
+        # retake waits out the interpreter's switch interval (a GIL convoy).
+        async with contextlib.aclosing(self.backend.headers(name, new)) as batches:
+            async for batch in batches:
+                done += await self.cache.add_messages(
+                    folder.id, batch, uidvalidity=state.uidvalidity
+                )
+                if progress:
+                    progress(done, len(new), name)
         res.new = done
         res.flags_changed = await self._sync_flags(folder, state.highestmodseq, cached, new)
         await self.cache.set_folder_state(

@@ -8,7 +8,7 @@ UID map of its own, see maildir.py).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncGenerator, Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -83,7 +83,7 @@ class Backend(Protocol):
         """Every UID in the folder, ascending."""
         ...
 
-    def headers(self, folder: str, uids: list[int]) -> AsyncIterator[list[NewMessage]]:
+    def headers(self, folder: str, uids: list[int]) -> AsyncGenerator[list[NewMessage], None]:
         """Headers and flags of ``uids``, in batches."""
         ...
 

@@ -6,8 +6,10 @@ Rules:
   inactivity timeout: no bytes for ``timeout`` seconds and the connection is dropped.
 * Security: ``tls`` (IMAPS), ``starttls`` (RFC 3501 6.2.1, refused if not offered), or
   ``plain``, which is allowed only to a loopback host.
-* Header sync fetches ``UID FLAGS RFC822.SIZE BODY.PEEK[HEADER.FIELDS (...)]`` in batches
-  of ``batch`` UIDs; with CONDSTORE (RFC 7162) flag sync asks only for what changed.
+* Header sync fetches ``UID FLAGS RFC822.SIZE BODY.PEEK[HEADER.FIELDS (...)]`` with one
+  command per ``FETCH_SPAN`` UIDs; messages are parsed as they arrive and handed out in
+  batches of ``batch``, reading paused while the caller stores one (imap_protocol.py).
+  With CONDSTORE (RFC 7162) flag sync asks only for what changed.
 * Every aioimaplib or socket error leaves here as MailError / ConnectionLost.
 """
 
@@ -16,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable
 from typing import Any, TypeVar
 
 from aioimaplib import aioimaplib as _aio
@@ -28,6 +30,7 @@ from chmail.client.backends.imap_parse import (
     _EXISTS,
     _LIST,
     _UID,
+    HeaderBatches,
     _copyuid,
     _flags,
     _text,
@@ -39,7 +42,7 @@ from chmail.client.backends.imap_parse import (
     uid_set,
     utf7_decode,
 )
-from chmail.client.backends.imap_protocol import FastIMAP4, FastProtocol
+from chmail.client.backends.imap_protocol import FastIMAP4, FastProtocol, StreamFetchCommand
 from chmail.client.cache_models import NewMessage
 from chmail.client.mime_headers import SYNC_FIELDS
 from chmail.errors import AuthError, ConfigError, ConnectionLost, MailError
@@ -48,7 +51,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 LOOPBACK = {"127.0.0.1", "::1", "localhost"}
-BATCH = 5000  # UIDs per FETCH: few round trips, bounded memory (~5 MB of headers)
+BATCH = 2500  # messages per batch handed to the cache (bounded memory, short pauses)
+FETCH_SPAN = 50_000  # UIDs per FETCH command (the command line stays short)
 SYNC_ITEMS = f"(UID FLAGS RFC822.SIZE BODY.PEEK[HEADER.FIELDS ({' '.join(SYNC_FIELDS).upper()})])"
 
 
@@ -285,15 +289,37 @@ class ImapBackend:
                 found.extend(int(x) for x in words.split() if x.isdigit())
         return sorted(found)
 
-    async def headers(self, folder: str, uids: list[int]) -> AsyncIterator[list[NewMessage]]:
-        for i in range(0, len(uids), self.batch):
-            part = uids[i : i + self.batch]
+    async def headers(self, folder: str, uids: list[int]) -> AsyncGenerator[list[NewMessage], None]:
+        """Batches of parsed headers. Close the iterator (``contextlib.aclosing``) if you
+        stop early: a FETCH left half-read drops the connection."""
+        for i in range(0, len(uids), FETCH_SPAN):
+            part = uids[i : i + FETCH_SPAN]
             async with self._lock:
                 await self._ensure(folder)
-                res = await self._cmd(
-                    self._proto().fetch, f"{part[0]}:{part[-1]}", SYNC_ITEMS, by_uid=True
-                )
-            yield parse_headers_response(res.lines, set(part))
+                proto = self._proto()
+                batches = HeaderBatches(set(part), self.batch)
+                cmd = StreamFetchCommand(
+                    proto.new_tag(), f"{part[0]}:{part[-1]}", SYNC_ITEMS,
+                    take=batches.take, prefix="UID", loop=proto.loop, timeout=None,
+                )  # fmt: skip
+                task = asyncio.ensure_future(proto.execute(cmd))
+                try:
+                    while True:
+                        await self._guard(_either(batches.ready, task))
+                        if task.done():
+                            break
+                        yield batches.drain()
+                        proto.resume_reading()
+                    res = await self._guard(task)
+                    if res.result != "OK":
+                        raise MailError(f"The IMAP server {self.host} said: {_text(res.lines)}")
+                    rest = batches.drain() + parse_headers_response(res.lines, batches.wanted)
+                finally:
+                    if not task.done():  # the caller stopped half-way: the reply is unread
+                        task.cancel()
+                        await self._drop()
+            if rest:
+                yield rest
 
     async def flags(self, folder: str, since_modseq: int = 0) -> dict[int, frozenset[str]]:
         async with self._lock:
@@ -423,3 +449,12 @@ class ImapBackend:
                 await self._drop()
                 raise ConnectionLost(f"The IMAP server {self.host} closed the connection.")
             return changed
+
+
+async def _either(event: asyncio.Event, task: asyncio.Future[Any]) -> None:
+    """Return when ``event`` is set or ``task`` is done."""
+    waiter = asyncio.ensure_future(event.wait())
+    try:
+        await asyncio.wait({waiter, task}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        waiter.cancel()

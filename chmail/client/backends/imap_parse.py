@@ -1,20 +1,26 @@
 """Pure helpers of the IMAP backend: response parsing, UID sets, mailbox name encoding.
 
-No I/O here; imap.py talks to the server and hands these the lines aioimaplib collected
-(untagged data without its ``* NAME`` prefix, literals as bytearray, the tagged text last).
+No I/O here (``HeaderBatches`` only signals with an asyncio.Event); imap.py talks to the
+server and hands these the lines aioimaplib collected (untagged data without its
+``* NAME`` prefix, literals as bytearray, the tagged text last).
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import functools
 import gc
+import logging
 import re
 from collections.abc import Iterable
 from typing import Any
 
+from chmail.client.backends.imap_headers import sync_message
 from chmail.client.cache_models import NewMessage
 from chmail.client.mime_headers import new_message
+
+log = logging.getLogger(__name__)
 
 _UID = re.compile(rb"UID (\d+)")
 _FLAGS = re.compile(rb"FLAGS \(([^)]*)\)")
@@ -149,7 +155,7 @@ def _parse_headers(lines: list[Any], wanted: set[int]) -> list[NewMessage]:
         if m is not None:
             uid, flags, size = int(m.group(1)), m.group(2), int(m.group(3))
             if uid in wanted:
-                out.append(new_message(uid, literal or b"", _split_flags(flags), size))
+                out.append(sync_message(uid, literal or b"", _split_flags(flags), size))
             continue
         m = _UID.search(attrs)
         if not m:
@@ -160,6 +166,35 @@ def _parse_headers(lines: list[Any], wanted: set[int]) -> list[NewMessage]:
         s = _SIZE.search(attrs)
         out.append(new_message(uid, literal or b"", _flags(attrs), int(s.group(1)) if s else 0))
     return out
+
+
+class HeaderBatches:
+    """Collects the messages a streamed header FETCH hands over (``take``), in batches of
+    ``size``; ``ready`` is set when one is full (the reader then pauses)."""
+
+    def __init__(self, wanted: set[int], size: int) -> None:
+        self.wanted = wanted
+        self.size = size
+        self.messages: list[NewMessage] = []
+        self.ready = asyncio.Event()
+
+    def take(self, uid: int, flags: bytes, size: int, block: bytes) -> bool:
+        if uid in self.wanted:
+            try:
+                msg = sync_message(uid, block, _split_flags(flags), size)
+            except Exception:  # a parser bug must not stall the connection's reader
+                log.exception("header block of UID %s unreadable", uid)
+                msg = NewMessage(uid, flags=_split_flags(flags), size=size)
+            self.messages.append(msg)
+        if len(self.messages) < self.size:
+            return False
+        self.ready.set()
+        return True
+
+    def drain(self) -> list[NewMessage]:
+        out, self.messages = self.messages, []
+        self.ready.clear()
+        return out
 
 
 @functools.lru_cache(maxsize=256)

@@ -12,13 +12,21 @@ Here ``data_received`` is a loop over a buffer with a read position; FETCH track
 parenthesis depth as lines arrive; per-line timers are off (the caller watches for
 inactivity with ``last_rx``); literals larger than ``max_literal`` drop the connection
 with a clear error. Everything else (commands, states, IDLE) is aioimaplib's own.
+
+A ``StreamFetchCommand`` hands each message of the usual shape to a callback as soon as
+its bytes are in (one regex per message, no line list), so parsing overlaps the server
+still sending; when the callback asks, reading pauses (the kernel buffers what the
+server sends meanwhile) until ``resume_reading()``: the caller stores a batch without
+the reader competing with it for the GIL.
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import re
+from collections.abc import Callable
 from typing import Any
 
 from aioimaplib import aioimaplib as _aio
@@ -30,6 +38,14 @@ MAX_LITERAL = 64 * 1024 * 1024  # bytes; a larger mail is refused rather than bu
 MAX_LINE = 1024 * 1024  # a response line without CRLF after this much is garbage
 _LITERAL_END = re.compile(rb"\{(\d+)\+?\}$")
 _FETCH_START = re.compile(rb"[0-9]+ FETCH \(")
+# One message of a header sync in the order Dovecot (and most servers) answer the items
+# asked for; anything else takes the generic path and is parsed from the lines at the end.
+_STREAM_ITEM = re.compile(
+    rb"\* [0-9]+ FETCH \(UID ([0-9]+) FLAGS \(([^)]*)\) RFC822\.SIZE ([0-9]+) "
+    rb"BODY\[HEADER\.FIELDS \([^)]*\)\] \{([0-9]+)\}\r\n"
+)
+# take(uid, flags, size, header literal) -> True to pause reading
+Take = Callable[[int, bytes, int, bytes], bool]
 
 
 class LiteralTooLarge(Exception):
@@ -59,6 +75,18 @@ class FastFetchCommand(_aio.FetchCommand):  # type: ignore[misc]
             super()._reset_timer()
 
 
+class StreamFetchCommand(FastFetchCommand):
+    """A FETCH whose usual-shape messages go to ``take`` as they arrive (see the module
+    docstring); the rest, and the tagged reply, collect as lines as usual."""
+
+    def __init__(self, *args: Any, take: Take, **kw: Any) -> None:
+        self.take = take
+        super().__init__(*args, **kw)
+
+
+_FAST_FETCH = (FastFetchCommand, StreamFetchCommand)
+
+
 class FastProtocol(_aio.IMAP4ClientProtocol):  # type: ignore[misc]
     """IMAP4ClientProtocol with an iterative reader; see the module docstring."""
 
@@ -69,6 +97,7 @@ class FastProtocol(_aio.IMAP4ClientProtocol):  # type: ignore[misc]
         self.max_literal = max_literal
         self.last_rx = 0.0
         self.error: Exception | None = None
+        self._paused = False
 
     def connection_lost(self, exc: Exception | None) -> None:
         """Fail every waiting command at once (stock aioimaplib leaves them hanging until
@@ -85,6 +114,26 @@ class FastProtocol(_aio.IMAP4ClientProtocol):  # type: ignore[misc]
     def data_received(self, d: bytes) -> None:
         self.last_rx = asyncio.get_running_loop().time()
         self._buf += d
+        if not self._paused:
+            self._feed()
+
+    def resume_reading(self) -> None:
+        """Go on after a ``take`` asked to pause: first what is already buffered."""
+        if not self._paused:
+            return
+        self._paused = False
+        self.last_rx = asyncio.get_running_loop().time()
+        self._feed()
+        if not self._paused and self.transport is not None and not self.transport.is_closing():
+            self.transport.resume_reading()
+
+    def _feed(self) -> None:
+        # A streamed FETCH makes tens of thousands of small acyclic objects; the cyclic
+        # collector's passes over them are pure overhead, so it waits meanwhile.
+        streaming = type(self.pending_async_commands.get("FETCH")) is StreamFetchCommand
+        collect = streaming and gc.isenabled()
+        if collect:
+            gc.disable()
         try:
             self._consume()
         except LiteralTooLarge as exc:
@@ -92,15 +141,28 @@ class FastProtocol(_aio.IMAP4ClientProtocol):  # type: ignore[misc]
             log.warning("%s", exc)
             if self.transport is not None:
                 self.transport.close()
+        finally:
+            if collect:
+                gc.enable()
         if self.pending_sync_command is not None:
             self.pending_sync_command.flush()
+
+    def _pause(self) -> None:
+        self._paused = True
+        if self.transport is not None:
+            self.transport.pause_reading()
 
     def _consume(self) -> None:
         buf = self._buf
         pos = 0
         end = len(buf)
-        while pos < end:
+        while pos < end and not self._paused:
             cmd = self._cur
+            stream = self.pending_async_commands.get("FETCH")
+            if cmd is None and type(stream) is StreamFetchCommand:
+                pos, wait = self._stream_items(stream, buf, pos, end)
+                if wait or pos >= end or self._paused:
+                    break
             if cmd is not None and cmd.wait_literal_data():
                 need = cmd._expected_size - len(cmd._resp_literal_data)
                 chunk = bytes(buf[pos : pos + need])
@@ -141,13 +203,40 @@ class FastProtocol(_aio.IMAP4ClientProtocol):  # type: ignore[misc]
                 self._cur = None
         del buf[:pos]
 
+    def _stream_items(
+        self, fc: StreamFetchCommand, buf: bytearray, pos: int, end: int
+    ) -> tuple[int, bool]:
+        """Hand usual-shape messages from ``pos`` on to ``fc.take``. Returns the new read
+        position and whether to wait for more data (an item not all here yet)."""
+        match, take = _STREAM_ITEM.match, fc.take
+        while not self._paused:
+            m = match(buf, pos)
+            if m is None:
+                return pos, False  # not the usual shape (or not a whole line yet)
+            size = int(m[4])
+            if size > self.max_literal:
+                raise LiteralTooLarge(
+                    f"The IMAP server announced a {size:,}-byte item, more than the "
+                    f"{self.max_literal:,}-byte limit; the connection was closed."
+                )
+            start = m.end()
+            stop = start + size
+            if stop + 3 > end:
+                return pos, True
+            if buf[stop : stop + 3] != b")\r\n":
+                return pos, False  # more items after the literal: the generic path
+            if take(int(m[1]), bytes(m[2]), int(m[3]), bytes(buf[start:stop])):
+                self._pause()
+            pos = stop + 3
+        return pos, False
+
     def _fast_fetch(self, line: bytes, cur: Any, buf: bytearray, start: int, end: int) -> int:
         """The hot path of a big FETCH: ``* N FETCH (... {size}`` plus its literal, and the
         closing ``)``, go straight into the FETCH command's lines (same shape as the
         generic path produces). Returns the new read position, 0 to use the generic
         path, -1 when the literal has not fully arrived."""
         fc = self.pending_async_commands.get("FETCH")
-        if type(fc) is not FastFetchCommand or self.pending_sync_command is not None:
+        if type(fc) not in _FAST_FETCH or self.pending_sync_command is not None:
             return 0
         if cur is fc and line == b")":
             fc.append_to_resp(line)

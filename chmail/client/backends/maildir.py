@@ -23,7 +23,7 @@ import os
 import shutil
 import socket
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncGenerator, Iterable
 from pathlib import Path
 
 from chmail.client.backends.base import FolderInfo, FolderState, role_of
@@ -175,7 +175,7 @@ class MaildirBackend:
         _, by_uid = await asyncio.to_thread(self._scan, folder)
         return sorted(by_uid)
 
-    async def headers(self, folder: str, uids: list[int]) -> AsyncIterator[list[NewMessage]]:
+    async def headers(self, folder: str, uids: list[int]) -> AsyncGenerator[list[NewMessage], None]:
         for i in range(0, len(uids), self.batch):
             part = uids[i : i + self.batch]
             yield await asyncio.to_thread(self._read_headers, folder, part)

@@ -62,6 +62,7 @@ class ThreadedSource:
         return self.rows[offset : offset + limit]
 
     async def _scan(self) -> None:
+        await self.cache.index_pending()  # rows a sync just stored get their thread ids
         batch = await self.cache.page(self.folder_id, self._scanned, SCAN_PAGE, "date-desc")
         self._scanned += SCAN_PAGE
         if not batch:
