@@ -16,6 +16,8 @@ Rules:
   jitter; a 5xx stops the mail (state ``failed``) with the server's words for the user.
 * After SMTP accepted it, the mail is appended to the account's Sent folder (``\\Seen``);
   if that fails it is retried without sending again.
+* Drafts of an IMAP account are copied to its Drafts folder in the background
+  (chmail/client/drafts.py); a draft sent or discarded loses its copy.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from chmail.client.backends.base import Backend
 from chmail.client.cache import Cache
 from chmail.client.cache_outbox import OutboxItem
 from chmail.client.compose import compose, stamp
+from chmail.client.drafts import DraftMirror
 from chmail.config import AccountConfig
 from chmail.errors import ChmailError, ConfigError, SendError
 
@@ -46,6 +49,7 @@ log = logging.getLogger(__name__)
 
 LOOPBACK = {"127.0.0.1", "::1", "localhost"}
 Notify = Callable[[str, str], None]  # (message_id, sentence for the user)
+DRAFT_RETRY = 30.0  # seconds between tries to copy drafts to a server that was unreachable
 
 
 class PortAllocator(Protocol):
@@ -104,6 +108,11 @@ class Outbox:
         self.backoff_max = backoff_max
         self._kick = asyncio.Event()
         self._flush_lock = asyncio.Lock()
+        self.draft_copies = (
+            DraftMirror(cache, account, sent_store)
+            if sent_store is not None and sent_store.kind == "imap"
+            else None
+        )
 
     # ------------------------------------------------------------ composing
 
@@ -159,10 +168,17 @@ class Outbox:
         fields["attachments"] = list(getattr(draft, "attachments", ()))
         draft_id = getattr(draft, "draft_id", None)
         mid = f"<draft-{time.time_ns()}@chmail>"
-        return await store.save_draft(self.cache, self.account.name, mid, fields, draft_id)
+        saved = await store.save_draft(self.cache, self.account.name, mid, fields, draft_id)
+        if self.draft_copies is not None:
+            self.draft_copies.push_soon()  # the server copy follows; saved locally already
+        return saved
 
     async def delete_draft(self, draft_id: int) -> None:
-        await store.delete_draft(self.cache, draft_id)
+        """Drop a draft (sent or discarded), and its copy on the server."""
+        if self.draft_copies is None:
+            await store.delete_draft(self.cache, draft_id)
+            return
+        await self.draft_copies.forget(draft_id, lambda: store.delete_draft(self.cache, draft_id))
 
     async def drafts(self) -> list[store.StoredDraft]:
         return await store.drafts(self.cache, self.account.name)
@@ -181,6 +197,9 @@ class Outbox:
             await self.flush()
             nxt = await store.next_due(self.cache, self.account.name)
             delay = 3600.0 if nxt is None else max(0.05, nxt - time.time())
+            if self.draft_copies is not None and await self.draft_copies.dirty():  # server was away
+                self.draft_copies.push_soon()
+                delay = min(delay, DRAFT_RETRY)
             self._kick.clear()
             waits = [asyncio.ensure_future(self._kick.wait()), asyncio.ensure_future(stop.wait())]
             await asyncio.wait(waits, timeout=delay, return_when=asyncio.FIRST_COMPLETED)
