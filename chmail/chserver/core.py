@@ -35,10 +35,12 @@ from chmail.chserver.access import (
     related,
 )
 from chmail.chserver.auth import Hasher, valid_login
-from chmail.chserver.ports import LEASE_BLOCK, Lease
-from chmail.chserver.server import ChServer, Context, Defer
-from chmail.chserver.store import USERS_REMOVED, ServerStore
-from chmail.errors import HeaderError, ValidationError
+from chmail.chserver.leasestore import LEASE_COUNTER as LEASE_COUNTER  # app.py's name for it
+from chmail.chserver.leasestore import LeaseStore
+from chmail.chserver.ports import LEASE_BLOCK, Lease, PortPool
+from chmail.chserver.server import ChServer, Context
+from chmail.chserver.store import USERS_REMOVED
+from chmail.errors import HeaderError, StoreError, ValidationError
 
 log = logging.getLogger(__name__)
 
@@ -49,78 +51,83 @@ MAX_THREAD = 200
 MAX_PRESENCE = 1000
 MAX_ADDRESS = 254  # RFC 5321 4.5.3.1.3 (path) minus the angle brackets
 _ADDRESS = re.compile(r"[^\s@<>\"]{1,64}@[^\s@<>\"]{1,253}")
-LEASE_COUNTER = "lease_reserved"
+CHECKPOINT_EVERY = 256  # lease commits between WAL checkpoints (in a worker thread)
 
 
 class LeaseWriter:
     """Group commit for table 2: nothing acknowledged is lost.
 
     An allocation is decided in memory (the pool), queued here with its reply, and the
-    reply is sent only once the lease is committed. Allocations that arrive together
-    (in the same turn of the event loop, or while the previous commit is under way) are
-    committed in one transaction; a lone one is committed at once. There is no timer.
-    Batches are written one after the other, in order, through the store's connection
-    (a second connection writing the same file would make other modules' read-then-write
-    transactions fail with "database is locked").
+    reply is sent only once the lease is committed. The allocations that arrive in one
+    turn of the event loop are committed together, in one transaction, at the start of
+    the next turn (``call_soon``: no timer, a lone allocation is committed at once). The
+    commit runs on the event loop's thread, on a connection that only writes the lease
+    file (leasestore.py), so it costs tens of microseconds and waits for nobody. A new
+    block of lease numbers is reserved in the same transaction as the leases using it.
+    Every ``CHECKPOINT_EVERY`` commits the WAL is checkpointed in a worker thread.
     """
 
-    def __init__(self, store: ServerStore) -> None:
-        self.store = store
+    def __init__(self, db: LeaseStore, pool: PortPool) -> None:
+        self.db = db
+        self.pool = pool
+        self._on_disk = db.reserved()  # lease_reserved as committed
         self._batch: dict[int, Lease] = {}
         self._waiting: list[tuple[Context, p.Message]] = []
         self._scheduled = False
-        self._busy = False  # a batch is being committed
-        self._idle = asyncio.Event()
-        self._idle.set()
+        self._commits = 0  # since the last checkpoint
+        self._checkpoint: asyncio.Future[None] | None = None
 
     def submit(self, lease: Lease, ctx: Context, reply: p.Message) -> None:
-        """Commit ``lease`` with the next batch, then send ``reply`` on ``ctx``."""
+        """Commit ``lease`` with this turn's batch, then send ``reply`` on ``ctx``."""
         self._batch[lease.port] = lease
         self._waiting.append((ctx, reply))
-        self._idle.clear()
-        if not self._scheduled and not self._busy:
+        if not self._scheduled:
             self._scheduled = True
             asyncio.get_running_loop().call_soon(self._commit)
 
     async def flush(self) -> None:
-        """Wait until every lease submitted so far is on disk."""
-        await self._idle.wait()
+        """Commit (and answer) every lease submitted so far."""
+        self._commit()
 
     async def close(self) -> None:
-        await self._idle.wait()
+        self._commit()
+        if self._checkpoint is not None:
+            await self._checkpoint
 
     def _commit(self) -> None:
         self._scheduled = False
-        if self._busy or not self._batch:
+        if not self._batch:
             return
         leases, waiting = list(self._batch.values()), self._waiting
         self._batch, self._waiting = {}, []
-        self._busy = True
-        task = asyncio.ensure_future(self.store.save_leases(leases))
-        task.add_done_callback(lambda t: self._done(t, waiting))
-
-    def _done(self, task: asyncio.Future[None], waiting: list[tuple[Context, p.Message]]) -> None:
-        self._busy = False
-        exc = None if task.cancelled() else task.exception()
-        if task.cancelled() or exc is not None:
-            log.error("writing table 2 failed: %r", exc)
-        for ctx, reply in waiting:
-            if exc is None and not task.cancelled():
-                ctx.send(reply)
-            else:
-                msg = "the server could not record the allocation; try again"
+        reserved = self.pool.reserved
+        try:
+            self.db.save(leases, reserved if reserved > self._on_disk else None)
+        except StoreError as exc:
+            log.error("%s", exc.message)
+            msg = "the server could not record the allocation; try again"
+            for ctx, reply in waiting:
                 ctx.send(p.Error(code=p.E_INTERNAL, message=msg, id=getattr(reply, "id", None)))
-        if self._batch:
-            self._commit()  # what arrived meanwhile: the next group
-        else:
-            self._idle.set()
+            return
+        self._on_disk = max(self._on_disk, reserved)
+        for ctx, reply in waiting:
+            ctx.send(reply)
+        self._commits += 1
+        if self._commits >= CHECKPOINT_EVERY and self._checkpoint is None:
+            self._commits = 0
+            fut = asyncio.get_running_loop().run_in_executor(None, self.db.checkpoint)
+            fut.add_done_callback(self._checkpointed)
+            self._checkpoint = fut
+
+    def _checkpointed(self, fut: asyncio.Future[None]) -> None:
+        self._checkpoint = None
 
 
 class Core:
     def __init__(self, server: ChServer, hasher: Hasher) -> None:
         self.server = server
         self.hasher = hasher
-        self.writer = LeaseWriter(server.store)
+        self.writer = LeaseWriter(server.store.leasedb, server.pool)
         self.ip_failures = FailureWindow(IP_FAILURES, IP_WINDOW)
         self.login_failures = FailureWindow(LOGIN_FAILURES, LOGIN_WINDOW)
         self._users_removed = 0
@@ -134,7 +141,6 @@ class Core:
         s.extensions["core"] = self
 
         async def start() -> None:
-            s.pool.reserved = await s.store.counter(LEASE_COUNTER)
             self._users_removed = await s.store.counter(USERS_REMOVED)
             s.spawn(self.watch_users())
 
@@ -241,18 +247,10 @@ class Core:
                 ctx.fail(p.E_AUTH_FAILED, f"the login {login!r} was removed from this server")
 
     async def alloc(self, ctx: Context, msg: p.Alloc) -> p.Message | None:
-        """The slow path: reserve the next block of lease numbers on disk first."""
-        pool = self.server.pool
-        while pool.needs_reservation():
-            pool.reserved = await self.server.store.raise_counter(
-                LEASE_COUNTER, pool.next_lease + LEASE_BLOCK - 1
-            )
         return self.alloc_now(ctx, msg)
 
     def alloc_now(self, ctx: Context, msg: p.Alloc) -> p.Message | None:
-        """The fast path, inline in the dispatcher while lease numbers are reserved."""
-        if self.server.pool.needs_reservation():
-            raise Defer
+        """Inline in the dispatcher (no task): decide, sign, queue for the commit."""
         login = ctx.require_login()
         try:
             message_id = headers.check_message_id(msg.message_id)
@@ -261,8 +259,11 @@ class Core:
         except HeaderError as exc:
             raise ValidationError(exc.message, code=p.E_INVALID) from None
         recipients = check_recipients(msg.recipients)
+        pool = self.server.pool
+        if pool.needs_reservation():  # committed with this lease, before any reply
+            pool.reserved = pool.next_lease + LEASE_BLOCK - 1
         host = ctx.host if ctx.direct and ctx.host else self.server.public_host
-        grant = self.server.pool.alloc(
+        grant = pool.alloc(
             login=login,
             host=host,
             message_id=message_id,

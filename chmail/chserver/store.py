@@ -1,26 +1,28 @@
-"""All SQL of the CH server: users, table 1 (logins), table 2 (ports), counters.
+"""All SQL of the CH server's users, table 1 (logins) and counters; table 2 via leasestore.
 
 Small async functions over one aiosqlite connection (``ServerStore.db``), so another
 store (PostgreSQL) could stand in. Other server modules (chat sessions, alarms) keep
-their own SQL in their own store module over the same ``db`` connection.
+their own SQL in their own store module over the same ``db`` connection. Table 2 (the
+port leases) lives in a file of its own, written from the event loop
+(``ServerStore.leasedb``, see leasestore.py); ``leases``/``lease`` read it from there.
+Transactions that read before they write start with ``BEGIN IMMEDIATE`` (a deferred one
+could fail with "database is locked" when another process wrote in between).
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
-import json
 import os
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import aiosqlite
 
 from chmail import migrate
+from chmail.chserver.leasestore import LEASE_COUNTER, LEASE_FILE, LeaseStore
 from chmail.chserver.ports import Lease
-from chmail.errors import StoreError, ValidationError
+from chmail.errors import ValidationError
 
 DB_FILE = "chserver.sqlite3"
 USERS_REMOVED = "users_removed"  # meta counter: bumped by every user removal
@@ -46,9 +48,10 @@ class LoginRow:
 
 
 class ServerStore:
-    def __init__(self, db: aiosqlite.Connection, path: Path) -> None:
+    def __init__(self, db: aiosqlite.Connection, path: Path, leasedb: LeaseStore) -> None:
         self.db = db
         self.path = path
+        self.leasedb = leasedb
 
     @classmethod
     async def open(cls, data_dir: Path) -> ServerStore:
@@ -56,16 +59,28 @@ class ServerStore:
         if not path.exists():  # password hashes inside: readable by the owner only
             with contextlib.suppress(FileExistsError):
                 os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-        return cls(await migrate.connect(path, "chserver"), path)
+        db = await migrate.connect(path, "chserver")
+        try:
+            store = cls(db, path, await LeaseStore.open(data_dir / LEASE_FILE))
+        except BaseException:
+            await db.close()
+            raise
+        try:
+            await store._move_old_leases()
+        except BaseException:
+            await store.close()
+            raise
+        return store
 
     async def close(self) -> None:
+        self.leasedb.close()
         await self.db.close()
 
     # ------------------------------------------------------------------ users
 
     async def add_user(self, login: str, password_hash: str, emails: list[str], now: int) -> None:
         try:
-            await self.db.execute("BEGIN")
+            await self.db.execute("BEGIN IMMEDIATE")
             await self.db.execute(
                 "INSERT INTO users(login, password_hash, created_at) VALUES (?, ?, ?)",
                 (login, password_hash, now),
@@ -190,106 +205,36 @@ class ServerStore:
     # ------------------------------------------------------------------ table 2
 
     async def leases(self) -> list[Lease]:
-        async with self.db.execute(
-            "SELECT port, login, host, lease, message_id, message_ids, recipients, context,"
-            " allocated_at, updated_at, expires FROM ports ORDER BY port"
-        ) as cur:
-            rows = await cur.fetchall()
-        return [_lease(r) for r in rows]
+        return self.leasedb.leases()
 
     async def lease(self, port: int) -> Lease | None:
-        async with self.db.execute(
-            "SELECT port, login, host, lease, message_id, message_ids, recipients, context,"
-            " allocated_at, updated_at, expires FROM ports WHERE port = ?",
-            (port,),
-        ) as cur:
-            row = await cur.fetchone()
-        return None if row is None else _lease(row)
+        return self.leasedb.lease(port)
 
-    async def save_leases(self, leases: list[Lease]) -> None:
-        """Write (insert or replace) and commit the given leases in one transaction.
-
-        One trip to the connection's thread: the statement and the commit run there
-        together (the lease writer waits for it before answering the allocations).
-        """
-        if leases:
-            await self.db._execute(self._save_leases, leases)  # type: ignore[no-untyped-call]
-
-    def _save_leases(self, leases: list[Lease]) -> None:
-        conn = self.db._conn  # runs in the aiosqlite thread (private API)
-        rows = [_lease_row(x) for x in leases]
-        try:
-            for i in range(0, len(rows), ROWS_PER_STATEMENT):
-                chunk = rows[i : i + ROWS_PER_STATEMENT]
-                conn.execute(_save_many(len(chunk)), [v for row in chunk for v in row])
-            conn.commit()
-        except BaseException:
-            conn.rollback()
-            raise
+    async def _move_old_leases(self) -> None:
+        """Table 2 lived in chserver.sqlite3 before it got its own file: move its rows
+        and counter over (idempotent: a move cut short is finished at the next start)."""
+        async with self.db.execute(f"SELECT {_OLD_COLUMNS} FROM ports") as cur:  # noqa: S608
+            rows = list(await cur.fetchall())
+        reserved = await self.counter(LEASE_COUNTER, old=True)
+        if not rows and reserved <= self.leasedb.reserved():
+            return
+        self.leasedb.adopt(rows, reserved)
+        await self.db.execute("DELETE FROM ports")
+        await self.db.commit()
 
     # ------------------------------------------------------------------ counters
 
-    async def counter(self, key: str) -> int:
+    async def counter(self, key: str, *, old: bool = False) -> int:
+        """A named counter (0 if never set). ``lease_reserved`` is table 2's and read from
+        the lease file, unless ``old`` (where versions before the move kept it)."""
+        if key == LEASE_COUNTER and not old:
+            return self.leasedb.reserved()
         async with self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)) as cur:
             row = await cur.fetchone()
         return 0 if row is None else int(row[0])
 
-    async def raise_counter(self, key: str, value: int) -> int:
-        """Set ``key`` to at least ``value``; return the stored value."""
-        await self.db.execute(
-            "INSERT INTO meta(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE"
-            " SET value = max(value, excluded.value)",
-            (key, value),
-        )
-        await self.db.commit()
-        return await self.counter(key)
 
-
-_SAVE_LEASE = (
-    "INSERT OR REPLACE INTO ports(port, login, host, lease, message_id, message_ids,"
-    " recipients, context, allocated_at, updated_at, expires)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_OLD_COLUMNS = (
+    "port, login, host, lease, message_id, message_ids, recipients, context,"
+    " allocated_at, updated_at, expires"
 )
-
-
-ROWS_PER_STATEMENT = 500  # 11 parameters each: well below SQLite's 32,766 limit
-
-
-@functools.lru_cache(maxsize=64)
-def _save_many(n: int) -> str:
-    return _SAVE_LEASE + ", (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)" * (n - 1)
-
-
-def _lease_row(x: Lease) -> tuple[object, ...]:
-    return (
-        x.port,
-        x.login,
-        x.host,
-        x.lease,
-        x.message_id,
-        json.dumps(list(x.message_ids)),
-        json.dumps(list(x.recipients)),
-        x.context,
-        x.allocated_at,
-        x.updated_at,
-        x.expires,
-    )
-
-
-def _lease(r: Any) -> Lease:
-    try:
-        return Lease(
-            port=int(r[0]),
-            login=str(r[1]),
-            host=str(r[2]),
-            lease=int(r[3]),
-            message_id=str(r[4]),
-            message_ids=tuple(json.loads(str(r[5]))),
-            recipients=tuple(json.loads(str(r[6]))),
-            context=str(r[7]),
-            allocated_at=int(r[8]),
-            updated_at=int(r[9]),
-            expires=int(r[10]),
-        )
-    except (ValueError, TypeError) as exc:
-        raise StoreError(f"Table 2 holds a damaged row for port {r[0]!r}: {exc}.") from exc
