@@ -18,6 +18,7 @@ Rules:
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 import re
@@ -158,20 +159,19 @@ def _mac(
     message_id: str,
     context: str,
 ) -> str:
-    text = "\n".join(
-        [
-            f"v{SIG_VERSION}",
-            login,
-            str(port),
-            host.lower(),
-            str(lease),
-            str(expires),
-            message_id,
-            context,
-        ]
+    text = (
+        f"v{SIG_VERSION}\n{login}\n{port}\n{host.lower()}\n{lease}\n{expires}\n"
+        f"{message_id}\n{context}"
     )
-    digest = hmac.digest(key, text.encode("ascii"), hashlib.sha256)
-    return base64.urlsafe_b64encode(digest).decode("ascii").rstrip("=")
+    mac = _keyed(key).copy()  # the key's HMAC state, computed once per key
+    mac.update(text.encode("ascii"))
+    return base64.urlsafe_b64encode(mac.digest()).decode("ascii").rstrip("=")
+
+
+@functools.lru_cache(maxsize=8)
+def _keyed(key: bytes) -> hmac.HMAC:
+    """HMAC-SHA256 state after the key (never updated itself, only copied)."""
+    return hmac.new(key, digestmod=hashlib.sha256)
 
 
 def sign(
