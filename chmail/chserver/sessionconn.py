@@ -1,16 +1,18 @@
 """A client connection to a chat session's listener, and the frames of the hot path.
 
-The receive path applies protocol.Connection's rules inline, for speed: the bytes of a
-read go once into the connection's streaming msgpack ``Unpacker`` (one decoder per
-connection, not one per frame) and once into a buffer where only the 4-byte lengths are
-read, which say where each frame ends; a frame whose body is not exactly one msgpack map
-with a string ``t`` breaks the stream, as in protocol.decode_obj. The first frame must
-be an acceptable ``hello``; nothing but pre-auth messages before ``joined``; only client
-messages. After the join, consecutive well-typed ``say`` frames are collected as three
-parallel lists (request ids, client ids, texts) and handed to the session as one batch
-(``ChatSession.say_many``) without building a dataclass each; unknown extra keys are
-ignored, as everywhere in the protocol. Output is queued and written once per turn of
-the loop (``flush``), so a burst costs one write system call per connection.
+The receive path applies protocol.Connection's rules inline, for speed. Frames are cut
+from the bytes of a read without copying them (a partial frame at the end is kept for
+the next read). After the join, each frame is first decoded as a ``say`` by msgspec's
+typed msgpack decoder (:class:`_Say`: the types are checked in C, unknown extra keys
+ignored as everywhere in the protocol, and no dict or key string is built), and
+consecutive ``say`` frames are collected as three parallel lists (request ids, client
+ids, texts) and handed to the session as one batch (``ChatSession.say_many``). Any
+other frame, or one that is not a well-typed ``say``, takes the general path of
+protocol.py (``decode_obj``, ``from_wire``): a body that is not exactly one msgpack
+map with a string ``t`` breaks the stream. The first frame must be an acceptable
+``hello``; nothing but pre-auth messages before ``joined``; only client messages.
+Output is queued and written once per turn of the loop (``flush``), so a burst costs
+one write system call per connection.
 
 The pushes of new messages are built here too. A client that joined with ``batch``
 gets a run of messages from one sender as one ``chats`` frame (one msgpack map with the
@@ -29,6 +31,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 import msgpack
+import msgspec
 
 from chmail import protocol as p
 from chmail.errors import FrameTooLarge, RemoteProtocolError
@@ -42,8 +45,18 @@ _pack = msgpack.Packer(use_bin_type=True).pack
 _LENGTH_FROM = p.LENGTH.unpack_from
 _LENGTH = p.LENGTH.pack
 _MAX_ID = p.MAX_ID
-_NOT_MSGPACK = "frame is not valid msgpack"
-_NOT_MAP = "a frame must hold a msgpack map with a string 't'"
+
+
+class _Say(msgspec.Struct, gc=False):
+    """A frame decoded on the fast path: a ``say`` when ``t == "say"`` (protocol.Say)."""
+
+    t: str
+    id: int = 0
+    cid: str = ""
+    text: str = ""
+
+
+_decode_say = msgspec.msgpack.Decoder(_Say).decode
 
 # A stored chat message: (seq, sender login, client id, text, unix time).
 Msg = tuple[int, str, str, str, float]
@@ -121,13 +134,7 @@ class SessionConn(asyncio.Protocol):
         self.batch = False  # joined asking for ``chats`` pushes
         self._out: list[bytes] = []
         self.last_rx = session.loop_time()
-        self._buf = bytearray()  # bytes not yet taken as whole frames (their lengths)
-        self._pos = 0  # offset in the stream of _buf[0]: the Unpacker's tell() there
-        # The same bytes, decoded as they are needed. It holds no more than _buf plus
-        # the frames of one read (asyncio reads at most 256 KiB at a time).
-        self._unpacker = msgpack.Unpacker(
-            raw=False, strict_map_key=True, max_buffer_size=4 * session.max_frame + (1 << 20)
-        )
+        self._rest = b""  # the start of a frame not received whole yet
         self._hello = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -143,21 +150,13 @@ class SessionConn(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         session = self.session
         self.last_rx = session.loop_time()
-        buf = self._buf
-        buf += data
-        unpacker = self._unpacker
-        try:
-            unpacker.feed(data)
-        except msgpack.BufferFull:  # cannot happen while frames are capped; be safe
-            self.write(p.encode(p.Error(code=p.E_BAD_FRAME, message="too much data at once")))
-            self.close()
-            return
-        skip, unpack, tell = unpacker.read_bytes, unpacker.unpack, unpacker.tell
-        off, end, limit, base = 0, len(buf), session.max_frame, self._pos
+        buf = self._rest + data if self._rest else data
+        off, end, limit = 0, len(buf), session.max_frame
         # consecutive well-typed ``say`` requests, in order, as three parallel lists
         rids: list[int] = []
         cids: list[str] = []
         texts: list[str] = []
+        view = memoryview(buf)  # buf is bytes: slicing the view copies nothing
         try:
             while end - off >= 4:
                 (size,) = _LENGTH_FROM(buf, off)
@@ -165,28 +164,20 @@ class SessionConn(asyncio.Protocol):
                     raise FrameTooLarge(f"frame of {size} bytes exceeds the limit of {limit}")
                 if end - off - 4 < size:
                     break
+                body = view[off + 4 : off + 4 + size]
                 off += 4 + size
-                skip(4)
-                try:
-                    obj = unpack()
-                except Exception:  # msgpack raises several unrelated types on garbage
-                    raise RemoteProtocolError(_NOT_MSGPACK) from None
-                if tell() != base + off:  # the body was not exactly one msgpack object
-                    raise RemoteProtocolError(_NOT_MSGPACK)
-                if type(obj) is not dict or type(t := obj.get("t")) is not str:
-                    raise RemoteProtocolError(_NOT_MAP)
-                if t == "say" and self.login:  # joined: ``say`` is the hot path
-                    rid, cid, text = obj.get("id", 0), obj.get("cid"), obj.get("text")
-                    if (
-                        type(rid) is int
-                        and 0 <= rid <= _MAX_ID
-                        and type(cid) is str
-                        and type(text) is str
-                    ):
-                        rids.append(rid)
-                        cids.append(cid)
-                        texts.append(text)
-                        continue
+                if self.login:  # joined: ``say`` is the hot path
+                    try:
+                        m = _decode_say(body)
+                    except msgspec.MsgspecError:
+                        pass  # not a well-formed say: the general path judges it
+                    else:
+                        if m.t == "say" and 0 <= m.id <= _MAX_ID:
+                            rids.append(m.id)
+                            cids.append(m.cid)
+                            texts.append(m.text)
+                            continue
+                obj = p.decode_obj(bytes(body))
                 if rids:
                     session.say_many(self, rids, cids, texts)
                     rids, cids, texts = [], [], []
@@ -201,8 +192,7 @@ class SessionConn(asyncio.Protocol):
             self.close()
         if rids and self.transport is not None and not self.transport.is_closing():
             session.say_many(self, rids, cids, texts)
-        del buf[:off]
-        self._pos = base + off
+        self._rest = buf[off:] if off < end else b""
         session.flush_out()
 
     def _message(self, obj: dict[str, Any]) -> None:

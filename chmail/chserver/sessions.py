@@ -360,7 +360,22 @@ class ChatSession:
         seen = self.cids.get(login)
         if seen is None:
             seen = self.cids[login] = {}
-        n, i = len(rids), 0
+        n, i, seq = len(rids), 0, self.next_seq
+        # The common case, checked with C-level loops: all new, none too long, room left.
+        if (
+            n + (seq - self._first if self._first else 0) <= MAX_UNSTORED
+            and seen.keys().isdisjoint(cids)
+            and min(map(len, cids)) > 0
+            and max(map(len, cids)) * 4 <= MAX_CID
+            and max(map(len, texts)) * 4 <= max_text
+        ):
+            known = len(seen)
+            seen.update(zip(cids, range(seq, seq + n)))
+            if len(seen) == known + n:  # and no client id twice in the run
+                self._take(conn, seq, rids, cids, texts)
+                return
+            for cid in cids:  # undo: none of them was known before
+                seen.pop(cid, None)
         while i < n:
             j, seq = i, self.next_seq
             room = MAX_UNSTORED - (seq - self._first if self._first else 0)
