@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from pathlib import Path
 
 from shop_publicity import campaigns
+from shop_publicity.models import SENT, Outcome, Segment
 from shop_publicity.sender import Sender
+from shop_publicity.store_sending import StatusWriter
 from tests.shop_support import Sink, seeded_store, shop_config, start_sink
 
 SUBJECT = "{{ product.title }} for {{ member.first_name }}"
@@ -115,3 +118,28 @@ async def test_pause_from_outside_then_resume_mails_each_once(tmp_path: Path) ->
     finally:
         await store.close()
         server.close()
+
+
+async def test_status_batch_waits_off_the_loop_when_the_db_is_locked(tmp_path: Path) -> None:
+    """A status batch that meets another connection's write lock is applied once the
+    lock goes (on the worker thread), not refused and not blocking the loop meanwhile."""
+    store = await seeded_store(tmp_path / "data", 3)
+    other = sqlite3.connect(tmp_path / "data" / "shop.sqlite3", isolation_level=None)
+    try:
+        cfg = shop_config(25)
+        cid = await campaigns.create(store, cfg, name="l", subject="s", body="b", sku="A-100")
+        rows = await store.segment_member_ids(Segment())
+        await store.start_send(cid, [(mid, email, f"<{mid}@x>") for mid, email in rows])
+        writer = StatusWriter(tmp_path / "data" / "shop.sqlite3")
+        other.execute("BEGIN IMMEDIATE")  # holds the write lock
+        mid = rows[0][0]
+        task = asyncio.create_task(writer.apply([Outcome(cid, mid, SENT, 1.0, attempts_inc=1)]))
+        await asyncio.wait([task], timeout=0.05)  # the loop runs; the batch still waits
+        assert not task.done()
+        other.execute("COMMIT")
+        await task
+        assert (await store.counts(cid))["sent"] == 1
+        await writer.close()
+    finally:
+        other.close()
+        await store.close()
