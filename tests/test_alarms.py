@@ -11,6 +11,7 @@ from email.header import decode_header, make_header
 from pathlib import Path
 
 from chmail import migrate
+from chmail import protocol as p
 from chmail.chserver import chatstore
 from chmail.chserver.alarms import AlarmService, alarm_mail
 from chmail.chserver.chatstore import AlarmRow
@@ -130,3 +131,36 @@ async def test_alarm_mail_is_retried_until_the_smtp_server_takes_it(tmp_path: Pa
             smtp.close()
             await smtp.wait_closed()
         await db.close()
+
+
+async def test_auth_ok_counts_the_alarms_waiting_and_the_alarm_follows(
+    chserver_factory: ServerFactory,
+) -> None:
+    """A user called while offline logs in: auth_ok.alarms is 1 and the alarm is pushed;
+    once acknowledged, the next login counts 0."""
+    srv = await chserver_factory(**chat_config())
+    await srv.add_user("alice")
+    await srv.add_user("bob")
+    alice = await connect(srv, "alice")
+    mail = await alice.send_mail("bob@example.org", subject="Offsite")
+    await alice.close()
+    await srv.wait_for(lambda: not srv.server.is_online("alice"))
+    bob = await connect(srv, "bob")
+    assert (await bob.engine.escalate(mail)).state == "alarmed"
+
+    raw = await srv.raw()
+    ok = await raw.auth("alice", srv.passwords["alice"])
+    assert isinstance(ok, p.AuthOk), ok
+    assert ok.alarms == 1
+    pushed = await raw.recv_skip_pings()
+    assert isinstance(pushed, p.AlarmList), pushed
+    assert [(a["caller"], a["subject"]) for a in pushed.alarms] == [("bob", "Offsite")]
+    acked = await raw.request(p.Alarms(ack=[int(pushed.alarms[0]["id"])]))
+    assert isinstance(acked, p.AlarmList)
+    assert acked.alarms == []
+
+    again = await srv.raw()
+    ok = await again.auth("alice", srv.passwords["alice"])
+    assert isinstance(ok, p.AuthOk)
+    assert ok.alarms == 0
+    await bob.close()

@@ -147,7 +147,8 @@ class AlarmService:
         return await chatstore.list_alarms(self.db, login, include_seen=include_seen)
 
     async def count(self, login: str) -> int:
-        return len(await chatstore.list_alarms(self.db, login))
+        """Alarms of ``login`` not yet acknowledged (``auth_ok.alarms``)."""
+        return await chatstore.count_alarms(self.db, login)
 
     async def send_mail(self, a: AlarmRow, attempt: int = 0) -> bool:
         cfg = self.config

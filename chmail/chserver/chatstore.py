@@ -337,6 +337,15 @@ async def list_alarms(
         return [AlarmRow(*r) for r in await cur.fetchall()]
 
 
+async def count_alarms(db: aiosqlite.Connection, login: str) -> int:
+    """Alarms of ``login`` not yet seen (acknowledged)."""
+    async with db.execute(
+        "SELECT COUNT(*) FROM alarms WHERE login = ? AND seen_at IS NULL", (login,)
+    ) as cur:
+        row = await cur.fetchone()
+    return int(row[0]) if row else 0
+
+
 async def mark_alarms_delivered(db: aiosqlite.Connection, ids: Sequence[int], now: float) -> None:
     await db.executemany(
         "UPDATE alarms SET delivered_at = COALESCE(delivered_at, ?) WHERE id = ?",

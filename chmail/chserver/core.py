@@ -206,6 +206,7 @@ class Core:
             ctx.fail(p.E_AUTH_FAILED, f"the login {login!r} was removed from this server")
             return None
         cfg = self.server.config
+        alarms = self.server.extensions.get("alarms")  # chatwire's AlarmService (S117)
         ctx.send(
             p.AuthOk(
                 id=msg.id,
@@ -213,6 +214,7 @@ class Core:
                 observed_ip=ctx.peer_ip,
                 heartbeat=cfg.heartbeat_interval,
                 timeout=cfg.heartbeat_timeout,
+                alarms=await alarms.count(login) if alarms is not None else 0,
             )
         )
         log.info("conn %d: %s logged in from %s", ctx.id, login, ctx.peer_ip)
