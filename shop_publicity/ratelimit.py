@@ -62,17 +62,22 @@ def backoff(attempt: int, base: float, cap: float) -> float:
 
 
 class ErrorGauge:
+    """Share of failed attempts among the last ``size`` (a running count: the sender
+    asks after every mail)."""
+
     def __init__(self, threshold: float, size: int = 100, min_sample: int = 20) -> None:
         self.threshold = threshold
         self.min_sample = min_sample
         self.results: deque[bool] = deque(maxlen=size)
+        self.errors = 0
 
     def record(self, ok: bool) -> None:
-        self.results.append(ok)
-
-    @property
-    def errors(self) -> int:
-        return sum(1 for ok in self.results if not ok)
+        results = self.results
+        if len(results) == results.maxlen and not results[0]:
+            self.errors -= 1  # the oldest result, a failure, falls out of the window
+        results.append(ok)
+        if not ok:
+            self.errors += 1
 
     def tripped(self) -> bool:
         n = len(self.results)

@@ -272,7 +272,11 @@ class Sender:
                 self.result.skipped += 1
                 self.committer.post(m.Outcome(self.cid, rec.member.id, m.SKIPPED, time.time()))
                 self._tick()
-        leased = await asyncio.gather(*(self._lease(rec) for rec in mailable))
+        leased: list[str | sm.Retry]
+        if self.allocate is None:  # no CH server: nothing to lease, no tasks to make
+            leased = [rec.ch_headers for rec in mailable]
+        else:
+            leased = list(await asyncio.gather(*(self._lease(rec) for rec in mailable)))
         ready: list[m.Recipient] = []
         last: asyncio.Future[None] | None = None
         for rec, got in zip(mailable, leased, strict=True):

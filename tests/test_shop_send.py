@@ -8,6 +8,7 @@ from pathlib import Path
 
 from shop_publicity import campaigns
 from shop_publicity.models import SENT, Outcome, Segment
+from shop_publicity.ratelimit import ErrorGauge
 from shop_publicity.sender import Sender
 from shop_publicity.store_sending import StatusWriter
 from tests.shop_support import Sink, seeded_store, shop_config, start_sink
@@ -143,3 +144,13 @@ async def test_status_batch_waits_off_the_loop_when_the_db_is_locked(tmp_path: P
     finally:
         other.close()
         await store.close()
+
+
+def test_error_gauge_counts_failures_in_its_window() -> None:
+    """The error gauge's running count equals the failures among its last results."""
+    gauge = ErrorGauge(0.5, size=10, min_sample=5)
+    pattern = [True, False, False, True, False] * 7
+    for i, ok in enumerate(pattern):
+        gauge.record(ok)
+        assert gauge.errors == pattern[max(0, i - 9) : i + 1].count(False)
+    assert gauge.tripped()  # 6 of the last 10 failed
