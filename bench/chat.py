@@ -224,7 +224,7 @@ async def throughput(a: Peer, b: Peer, n: int, kind: str, base: int) -> float:
     return n / (time.perf_counter() - t0)
 
 
-ROUNDS = 3  # throughput rounds per relay; the best of each counts
+ROUNDS = 5  # throughput rounds per relay; the best of each counts (the machine is shared)
 
 
 async def latency(a: Peer, b: Peer, n: int, kind: str, base: int) -> list[float]:

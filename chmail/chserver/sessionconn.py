@@ -30,7 +30,6 @@ import logging
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-import msgpack
 import msgspec
 
 from chmail import protocol as p
@@ -41,7 +40,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-_pack = msgpack.Packer(use_bin_type=True).pack
+# msgspec's encoder: the same bytes as msgpack's Packer(use_bin_type=True), ~4x faster
+_pack = msgspec.msgpack.Encoder().encode
 _LENGTH_FROM = p.LENGTH.unpack_from
 _LENGTH = p.LENGTH.pack
 _MAX_ID = p.MAX_ID
@@ -99,15 +99,9 @@ def chats_frames(
     )
 
 
-def chat_frame(m: Msg) -> bytes:
-    """The ``chat`` push of one stored message."""
-    seq, login, cid, text, ts = m
-    return chat_frames(chat_prefix(login, ts), seq, (cid,), (text,))
-
-
 def said_frame(rid: int, seq: int, cid: str) -> bytes:
     body = _pack({"t": "said", "id": rid, "seq": seq, "cid": cid})
-    return _LENGTH(len(body)) + body  # type: ignore[no-any-return]
+    return _LENGTH(len(body)) + body
 
 
 SAID_MANY_MAX = 512  # entries per said_many frame: 512 * (9 + 9 + 66) bytes < 64 KiB

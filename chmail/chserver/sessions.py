@@ -37,7 +37,6 @@ import hmac
 import logging
 import time
 from collections.abc import Callable, Iterable
-from itertools import repeat
 from operator import itemgetter
 from typing import Protocol as TypingProtocol
 
@@ -45,7 +44,6 @@ from chmail import protocol as p
 from chmail.chserver.sessionconn import (
     Msg,
     SessionConn,
-    chat_frame,
     chat_frames,
     chat_prefix,
     chats_frames,
@@ -63,7 +61,26 @@ MAX_CID = 64  # bytes of a client message id
 # At most MAX_UNSTORED messages wait for a commit at any time.
 MAX_UNSTORED = 5_000
 RESTART_GAP = 10_000
-_seq = itemgetter(0)  # of a message
+_first_seq = itemgetter(0)  # of a Run
+
+# A run of messages from one sender that arrived together, kept as it came: (first seq,
+# sender, ts, client ids, texts); message i of it has seq first + i. History is a list
+# of runs, so a burst costs one tuple, not one per message.
+Run = tuple[int, str, float, list[str], list[str]]
+
+
+def runs_of(history: Iterable[Msg]) -> list[Run]:
+    """Messages (seq, sender, cid, text, ts) in seq order, grouped into runs."""
+    out: list[Run] = []
+    for seq, sender, cid, text, ts in history:
+        if out:
+            first, who, when, cids, texts = out[-1]
+            if who == sender and when == ts and first + len(cids) == seq:
+                cids.append(cid)
+                texts.append(text)
+                continue
+        out.append((seq, sender, ts, [cid], [text]))
+    return out
 
 
 def session_secret(key: bytes, session_id: int) -> bytes:
@@ -122,6 +139,28 @@ class MemoryBackend:
         pass
 
 
+def _all_new(
+    seen: dict[str, int], cids: list[str], texts: list[str], seq: int, max_text: int
+) -> bool:
+    """The common case of a run of messages, checked with C-level loops: every client
+    id new (not in ``seen``, not twice in the run) and of 1 to MAX_CID bytes, no text
+    over ``max_text``. If so, the client ids are recorded in ``seen`` from ``seq`` on."""
+    if not (
+        seen.keys().isdisjoint(cids)
+        and min(map(len, cids)) > 0
+        and max(map(len, cids)) * 4 <= MAX_CID  # len(str) * 4 bounds its UTF-8 size
+        and max(map(len, texts)) * 4 <= max_text
+    ):
+        return False
+    known = len(seen)
+    seen.update(zip(cids, range(seq, seq + len(cids)), strict=True))
+    if len(seen) == known + len(cids):
+        return True
+    for cid in cids:  # a client id twice in the run: undo (none was known before)
+        seen.pop(cid, None)
+    return False
+
+
 class ChatSession:
     """One chat: its members, its messages in seq order, and its listener."""
 
@@ -157,12 +196,14 @@ class ChatSession:
         self.max_buffer = max_buffer
         self.idle_timeout = idle_timeout
         self.conn_timeout = conn_timeout
-        # every message, in seq order: (seq, sender, cid, text, ts)
-        self.messages: list[Msg] = list(history)
+        self.runs: list[Run] = runs_of(history)  # every message, in seq order
         self.cids: dict[str, dict[str, int]] = {}  # sender -> client id -> seq
-        for seq, sender, cid, _, _ in self.messages:
-            self.cids.setdefault(sender, {})[cid] = seq
-        self.next_seq = (self.messages[-1][0] if self.messages else 0) + 1
+        for first, sender, _, cids, _ in self.runs:
+            self.cids.setdefault(sender, {}).update(
+                zip(cids, range(first, first + len(cids)), strict=True)
+            )
+        self.head = self.runs[-1][0] + len(self.runs[-1][3]) - 1 if self.runs else 0
+        self.next_seq = self.head + 1
         if reopened:
             self.next_seq += RESTART_GAP
         self.members: dict[str, int] = dict(members or {})  # admitted login -> read seq
@@ -232,6 +273,15 @@ class ChatSession:
         self.conns.clear()
         if self.server is not None:
             self.server.close()
+
+    @property
+    def messages(self) -> list[Msg]:
+        """Every message, (seq, sender, cid, text, ts) in seq order (slow: for tests)."""
+        return [
+            (first + i, sender, cid, text, ts)
+            for first, sender, ts, cids, texts in self.runs
+            for i, (cid, text) in enumerate(zip(cids, texts, strict=True))
+        ]
 
     def loop_time(self) -> float:
         return self._loop.time()
@@ -330,15 +380,23 @@ class ChatSession:
                 session=self.id,
                 login=msg.login,
                 members=self.online(),
-                head=self.messages[-1][0] if self.messages else 0,
+                head=self.head,
                 subject=self.subject,
                 message_id=self.message_id,
                 max_text=self.max_text,
             )
         )
-        start = bisect.bisect_right(self.messages, msg.last_seq, key=_seq)
-        for m in self.messages[start:]:
-            conn.queue(chat_frame(m))
+        # what came after last_seq: the run holding last_seq + 1 (from there), then the rest
+        start = max(0, bisect.bisect_right(self.runs, msg.last_seq, key=_first_seq) - 1)
+        for run_seq, sender, ts, cids, texts in self.runs[start:]:
+            k = max(0, msg.last_seq + 1 - run_seq)
+            if k >= len(cids):
+                continue
+            seq, cids, texts = run_seq + k, cids[k:], texts[k:]
+            if conn.batch:
+                conn.queue(chats_frames(sender, ts, seq, cids, texts, self.max_frame))
+            else:
+                conn.queue(chat_frames(chat_prefix(sender, ts), seq, cids, texts))
         for login, seq in self.members.items():
             if login != msg.login and seq:
                 conn.send(p.Read(login=login, seq=seq))
@@ -360,26 +418,23 @@ class ChatSession:
         seen = self.cids.get(login)
         if seen is None:
             seen = self.cids[login] = {}
-        n, i, seq = len(rids), 0, self.next_seq
-        # The common case, checked with C-level loops: all new, none too long, room left.
-        if (
-            n + (seq - self._first if self._first else 0) <= MAX_UNSTORED
-            and seen.keys().isdisjoint(cids)
-            and min(map(len, cids)) > 0
-            and max(map(len, cids)) * 4 <= MAX_CID
-            and max(map(len, texts)) * 4 <= max_text
-        ):
-            known = len(seen)
-            seen.update(zip(cids, range(seq, seq + n)))
-            if len(seen) == known + n:  # and no client id twice in the run
-                self._take(conn, seq, rids, cids, texts)
-                return
-            for cid in cids:  # undo: none of them was known before
-                seen.pop(cid, None)
+        n, i = len(rids), 0
         while i < n:
-            j, seq = i, self.next_seq
+            seq = self.next_seq
             room = MAX_UNSTORED - (seq - self._first if self._first else 0)
-            stop = min(n, i + max(room, 0))
+            if room <= 0:
+                self.commit()
+                continue
+            stop = min(n, i + room)
+            if i == 0 and stop == n:
+                run_ids, run_cids, run_texts = rids, cids, texts
+            else:
+                run_ids, run_cids, run_texts = rids[i:stop], cids[i:stop], texts[i:stop]
+            if _all_new(seen, run_cids, run_texts, seq, max_text):
+                self._take(conn, seq, run_ids, run_cids, run_texts)
+                i = stop
+                continue
+            j = i
             while j < stop:  # the run of ordinary new messages from i on
                 cid, text = cids[j], texts[j]
                 if cid in seen or not cid or len(cid) * 4 > MAX_CID or len(text) * 4 > max_text:
@@ -388,7 +443,7 @@ class ChatSession:
                 j += 1
             if j > i:
                 self._take(conn, seq, rids[i:j], cids[i:j], texts[i:j])
-            if j < n:  # one message the careful way, then carry on
+            if j < stop:  # one message the careful way, then carry on
                 self.say(conn, rids[j], cids[j], texts[j])
                 j += 1
             i = j
@@ -399,7 +454,8 @@ class ChatSession:
         """Keep new messages ``seq``, ``seq + 1``, ... from ``conn`` (their client ids are
         recorded already): push them, and add them to the batch waiting for a commit."""
         login, now, k = conn.login, time.time(), len(rids)
-        self.messages.extend(zip(range(seq, seq + k), repeat(login), cids, texts, repeat(now)))
+        self.runs.append((seq, login, now, cids, texts))
+        self.head = seq + k - 1
         data = chats_frames(login, now, seq, cids, texts, self.max_frame)
         single = b""  # the same as ``chat`` frames, for members that did not ask for batches
         self.next_seq = seq + k
@@ -489,15 +545,16 @@ class ChatSession:
                             message="the message could not be stored; send it again",
                         )
                     )
-            for _, sender, cid, _, _ in self.messages[
-                bisect.bisect_left(self.messages, first, key=_seq) :
+            for _, sender, _, cids, _ in self.runs[
+                bisect.bisect_left(self.runs, first, key=_first_seq) :
             ]:
-                self.cids.get(sender, {}).pop(cid, None)
+                seen = self.cids.get(sender, {})
+                for cid in cids:
+                    seen.pop(cid, None)
         self.flush_out()
 
     def _read(self, conn: SessionConn, msg: p.Read) -> None:
-        last = self.messages[-1][0] if self.messages else 0
-        seq = min(msg.seq, last)
+        seq = min(msg.seq, self.head)
         if seq <= self.members.get(conn.login, 0):
             return
         self.members[conn.login] = seq
