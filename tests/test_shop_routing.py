@@ -231,3 +231,16 @@ async def test_chat_turned_down_by_every_operator_ends_with_a_sentence(world: Wo
     assert [e.operator for e in world.events("passed")] == ["olga", "piet"]
     assert [(e.member, e.answered) for e in world.events("ended")] == [("ann", False)]
     assert not world.router._turned_down
+
+
+async def test_operator_can_tag_after_the_chat_ended(world: World) -> None:
+    """Tags sent after an answered chat has ended still reach the shop (only the
+    operator who had that chat may send them)."""
+    ann = await world.calls.call("ann", world.mail("ann"))
+    await world.calls.answer("olga", p.Answer(id=2, call=ann.call))
+    await world.calls.hangup("olga", p.Hangup(id=3, call=ann.call))
+    await world.until(lambda: bool(world.events("ended")))
+    world.router.tag("olga", r.RouteTag(id=4, call=ann.call, interests=["rain jackets"]))
+    assert world.events("tag")[0].interests == ["rain jackets"]
+    with pytest.raises(Exception, match="not a campaign chat of yours"):
+        world.router.tag("piet", r.RouteTag(id=5, call=ann.call, interests=["x"]))

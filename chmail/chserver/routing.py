@@ -28,7 +28,8 @@ Rules:
 * Every step is pushed to the pool's owner as ``route_event`` so the shop can count
   chats asked / answered / waiting and time to answer (the live board).
 * ``brief`` from a pool owner is forwarded only to an operator of one of its pools;
-  ``route_tag`` from an operator reaches only the owner of that operator's call.
+  ``route_tag`` from an operator reaches only the owner of that operator's call, during
+  the chat or after it (the last ``RECENT`` ended calls are remembered for that).
 
 Hooked into :class:`~chmail.chserver.calls.CallService` through its ``router``
 attribute (calls.py asks :meth:`Router.route` for the callee, and tells
@@ -41,7 +42,7 @@ import asyncio
 import itertools
 import logging
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -59,6 +60,7 @@ log = logging.getLogger(__name__)
 
 MAX_POOL = 200
 MAX_CAPACITY = 50
+RECENT = 1000  # ended routed calls kept so their operator can still tag the member
 
 
 @dataclass
@@ -114,6 +116,7 @@ class Router:
         self.seam = calls.seam
         self.pools: dict[tuple[str, int], Pool] = {}
         self.routed: dict[int, Routed] = {}  # call id -> routing facts
+        self.recent: OrderedDict[int, Routed] = OrderedDict()  # ended, for late tags
         self.last_given: dict[str, float] = {}
         self.tickets = itertools.count(1)
         self._placing: set[tuple[str, str]] = set()  # queued calls being placed now
@@ -153,7 +156,7 @@ class Router:
         return p.Ok(id=msg.id or 0)
 
     def tag(self, operator: str, msg: r.RouteTag) -> p.Ok:
-        info = self.routed.get(msg.call)
+        info = self.routed.get(msg.call) or self.recent.get(msg.call)
         if info is None or info.operator != operator:
             raise ChatError("that is not a campaign chat of yours", code=p.E_NOT_FOUND)
         self._event(
@@ -393,6 +396,10 @@ class Router:
             self._pass_on(call.id, info, info.msg, call.state)
             return
         self._turned_down.pop(key, None)
+        if info.answered:
+            self.recent[call.id] = info
+            while len(self.recent) > RECENT:
+                self.recent.popitem(last=False)
         self._event(
             info.pool,
             "ended",

@@ -6,6 +6,7 @@ answer, join: chmail.client.chat); this adds what a campaign chat brings along:
 * ``briefs``: per call, what the shop sent (campaign, product, the member's chat
   profile, past chats, canned replies), kept as they arrive;
 * ``canned(call, key)``: a canned reply's text, so one key can say it;
+  ``replies(call)``: all of them, in a stable order (the TUI numbers them 1-9);
 * ``tag(call, interests)``: interests for the member (the shop stores them);
 * ``dial(member, campaign)``: call a member (an offline one gets an alarm).
 
@@ -46,6 +47,18 @@ class OperatorDesk:
             known = ", ".join(sorted(replies)) or "none"
             raise ChatError(f"There is no canned reply {key!r} (known: {known}).")
         return str(replies[key])
+
+    def replies(self, call: int) -> list[tuple[str, str]]:
+        """The canned replies the shop sent with this call's brief, sorted by key."""
+        replies = (self.briefs.get(call) or {}).get("canned") or {}
+        return sorted((str(k), str(v)) for k, v in replies.items())
+
+    def last_campaign(self) -> int | None:
+        """The campaign of the newest brief (what an operator most likely dials about)."""
+        for data in reversed(self.briefs.values()):
+            if isinstance(data.get("campaign_id"), int) and data["campaign_id"] > 0:
+                return int(data["campaign_id"])
+        return None
 
     async def tag(self, call: int, interests: list[str]) -> None:
         await self.link.request(r.RouteTag(call=call, interests=interests))

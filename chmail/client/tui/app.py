@@ -241,7 +241,7 @@ class ChmailApp(App[None]):
     # ------------------------------------------------------------------ help
 
     def key_rows(self, keymap: dict[str, str] | None = None) -> list[KeyRow]:
-        from chmail.client.tui.screens import alarms, compose, operator, raw
+        from chmail.client.tui.screens import alarms, compose, operator, operator_keys, raw
         from chmail.client.tui.widgets import chat_pane, message_list
 
         sections = [
@@ -253,6 +253,9 @@ class ChmailApp(App[None]):
             ("ring", RingScreen.BINDINGS),
             ("alarms", alarms.AlarmsScreen.BINDINGS),
             ("queue", operator.OperatorScreen.BINDINGS),
+            ("canned", operator_keys.CannedScreen.BINDINGS),
+            ("tag", operator_keys.TagScreen.BINDINGS),
+            ("dial", operator_keys.DialScreen.BINDINGS),
             ("source", raw.RawScreen.BINDINGS),
             ("help", HelpScreen.BINDINGS),
         ]

@@ -37,6 +37,7 @@ from chmail.client.chatsession import (
     TypingEvent,
 )
 from chmail.client.chlink import ChLink, LinkState
+from chmail.client.operator import OperatorDesk
 from chmail.client.tui.api import AlarmItem, ChatEvents, ChatLine, QueueItem, Ring
 from chmail.client.tui.widgets.message_list import ch_login
 from chmail.errors import AuthError, ChatError, ChmailError
@@ -77,6 +78,8 @@ class ChatBridge:
         self.ring_at: dict[str, float] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         link.on_push(self._on_extra)
+        self.desk = OperatorDesk(link)  # campaign chats: canned replies, tags, dial (S209)
+        self.dialled: set[str] = set()  # calls this operator placed with route_dial
 
     def login(self) -> str:
         return self._login
@@ -139,7 +142,8 @@ class ChatBridge:
             events.on_ring(self._ring(ev.ring))
         elif isinstance(ev, CallEvent):
             st, key = ev.state, str(ev.state.call)
-            if st.state == "accepted" and key in self.outgoing and key not in self.sessions:
+            mine = key in self.outgoing or key in self.dialled
+            if st.state == "accepted" and mine and key not in self.sessions:
                 self._spawn(self._join(key, st))
             elif st.state in ENDED or st.state == "alarmed":
                 if key in self.rings:
@@ -317,6 +321,30 @@ class ChatBridge:
 
     async def take(self, session: str) -> None:
         await self.accept(session)
+
+    # ------------------------------------------------------------------ operator keys
+
+    def canned_replies(self, session: str) -> list[tuple[str, str]]:
+        return self.desk.replies(int(session))
+
+    async def tag(self, session: str, interests: Sequence[str]) -> None:
+        await self.desk.tag(int(session), list(interests))
+
+    def last_campaign(self) -> int | None:
+        return self.desk.last_campaign()
+
+    async def dial(self, member: str, campaign: int) -> str:
+        """S209: ring ``member`` about ``campaign``; a sentence on what happened. The chat
+        opens (``on_chat_open``) when they accept; an offline member gets an alarm."""
+        st = await self.desk.dial(member, campaign)
+        if st.state == "alarmed":
+            return f"{member} is offline; an alarm was left for them and they were mailed."
+        if st.state in ENDED:
+            raise ChatError(st.message or f"the call was {st.state}")
+        key = str(st.call)
+        self.dialled.add(key)
+        self.subjects[key] = st.subject
+        return f"Ringing {member}; the chat opens when they accept."
 
     async def close(self) -> None:
         for client in list(self.sessions.values()):

@@ -19,6 +19,7 @@ from chmail.client.cache_models import SEEN, Message
 from chmail.client.tui import attachments, chat_actions, compose_actions
 from chmail.client.tui.first_view import FirstView
 from chmail.client.tui.mailview import MailView, parse
+from chmail.client.tui.screens import operator_keys
 from chmail.client.tui.screens.pick_folder import PickFolderScreen
 from chmail.client.tui.screens.raw import RawScreen
 from chmail.client.tui.undo import MailActions
@@ -389,3 +390,11 @@ class MainScreen(Screen[None]):
     @on(ChatPane.FileTranscript)
     def _file(self, event: ChatPane.FileTranscript) -> None:
         chat_actions.file_transcript(self, event.session)
+
+    @on(ChatPane.Canned)
+    def _canned(self, event: ChatPane.Canned) -> None:
+        operator_keys.canned(self, event.session, event.n)
+
+    @on(ChatPane.Tag)
+    def _tag(self, event: ChatPane.Tag) -> None:
+        operator_keys.tag(self, event.session, event.member)

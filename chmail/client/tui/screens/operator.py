@@ -21,6 +21,7 @@ class OperatorScreen(Screen[str | None]):
 
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("enter", "take", "Take chat", id="queue.take"),
+        Binding("d", "dial", "Call a member", id="queue.dial"),
         Binding("escape,q", "close", "Back", id="queue.close"),
     ]
 
@@ -28,6 +29,7 @@ class OperatorScreen(Screen[str | None]):
         super().__init__()
         self.chat = chat
         self.items: list[QueueItem] = []
+        self.note = ""  # what the last call of a member did (kept across refreshes)
 
     def compose(self) -> ComposeResult:
         yield Static("Chat queue — campaign customers waiting", id="queue-title")
@@ -58,7 +60,7 @@ class OperatorScreen(Screen[str | None]):
         for q in self.items:
             wait = f"{int(q.waiting_s) // 60}m{int(q.waiting_s) % 60:02d}s"
             table.add_row(q.member, q.campaign, q.product, wait, q.taken_by or "—", key=q.session)
-        status.update("" if self.items else "Nobody is waiting.")
+        status.update(self.note or ("" if self.items else "Nobody is waiting."))
 
     @work(group="queue-take", exclusive=True)
     async def action_take(self) -> None:
@@ -79,6 +81,30 @@ class OperatorScreen(Screen[str | None]):
         """Enter on a row (the table takes the key first)."""
         event.stop()
         self.action_take()
+
+    def action_dial(self) -> None:
+        """S209: call a member about a campaign (an offline one gets an alarm)."""
+        from chmail.client.tui.screens.operator_keys import DialScreen
+
+        chat = self.chat
+        if chat is None:
+            return
+
+        def chosen(who: tuple[str, int] | None) -> None:
+            if who is not None:
+                self.run_worker(self._dial(chat, *who), group="queue-dial", exclusive=True)
+
+        self.app.push_screen(DialScreen(chat.last_campaign()), chosen)
+
+    async def _dial(self, chat: ChatApi, member: str, campaign: int) -> None:
+        status = self.query_one("#queue-status", Static)
+        try:
+            said = await chat.dial(member, campaign)
+        except ChmailError as exc:
+            self.note = f"Cannot call {member}: {exc}"
+        else:
+            self.note = said
+        status.update(self.note)
 
     def action_close(self) -> None:
         self.dismiss(None)

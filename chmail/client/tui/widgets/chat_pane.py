@@ -24,6 +24,13 @@ class ChatPane(Vertical):
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("escape", "leave", "Close chat", id="chat.close"),
         Binding("ctrl+t", "file_transcript", "File transcript", id="chat.file"),
+        # an operator's keys on a campaign chat (screens/operator_keys.py)
+        Binding("ctrl+o", "canned", "Canned reply", id="chat.canned"),
+        *(
+            Binding(f"f{n}", f"canned({n})", f"Canned reply {n}", show=False, id=f"chat.canned-{n}")
+            for n in range(1, 10)
+        ),
+        Binding("ctrl+g", "tag", "Tag interests", id="chat.tag"),
     ]
 
     class Say(TMessage):
@@ -46,6 +53,20 @@ class ChatPane(Vertical):
         def __init__(self, session: str) -> None:
             super().__init__()
             self.session = session
+
+    class Canned(TMessage):
+        """Say a canned reply: number ``n`` at once, or pick one (``n`` = 0)."""
+
+        def __init__(self, session: str, n: int) -> None:
+            super().__init__()
+            self.session = session
+            self.n = n
+
+    class Tag(TMessage):
+        def __init__(self, session: str, member: str) -> None:
+            super().__init__()
+            self.session = session
+            self.member = member
 
     def __init__(self, session: str, peer: str, subject: str, *, me: str) -> None:
         super().__init__(id="chat-pane")
@@ -142,3 +163,9 @@ class ChatPane(Vertical):
 
     def action_file_transcript(self) -> None:
         self.post_message(self.FileTranscript(self.session))
+
+    def action_canned(self, n: int = 0) -> None:
+        self.post_message(self.Canned(self.session, n))
+
+    def action_tag(self) -> None:
+        self.post_message(self.Tag(self.session, self.peer))
