@@ -59,7 +59,8 @@ async def test_operator_keys_canned_reply_tag_and_call(
     """In a routed campaign chat the operator says a canned reply with one key (F2) and
     another from the ctrl+o list; tags the member's interests with the remapped tag key
     (the shop stores them and --for-interest targets the member); and from the queue (Q,
-    d) calls an offline member, who gets an alarm."""
+    d) calls an offline member, who gets an alarm, and an online one, whose accept opens
+    the chat."""
     operator, member = mail_user, mail_user2
     srv = await chserver_factory(**chat_server_config())
     for u in (operator, member):
@@ -157,6 +158,15 @@ async def test_operator_keys_canned_reply_tag_and_call(
             await pilot.press("enter")  # the campaign is filled in from the last brief
             await wait_for(pilot, lambda: "dan is offline" in screen_text(app), "alarmed")
             assert await srv.server.extensions["alarms"].count("dan") == 1
+
+            await pilot.press("d")  # an online member is rung; the chat opens on accept
+            await wait_for(pilot, lambda: isinstance(app.screen, DialScreen), "dial box")
+            await pilot.press(*member.name)
+            await pilot.press("enter")
+            ring = await customer.next_ring()
+            assert ring.caller == operator.name
+            await customer.answer(ring.call, True)
+            await wait_for(pilot, lambda: bool(main.query(ChatPane)), "dialled chat opens")
 
             ids = {row.id for row in app.key_rows()}
             assert {"chat.canned", "chat.canned-1", "chat.tag", "queue.dial"} <= ids
