@@ -18,6 +18,12 @@ types without editing the core's file; importing this module registers them.
 * ``route_tag`` (operator -> server): interests for the member of call ``call``.
 * ``route_dial`` (operator -> server): call member ``member`` about ``campaign`` (S209);
   an offline member gets an alarm (S215-S219). Answered by ``call_state``.
+* ``route_state`` (shop -> server): which of my campaign chats are going on now?
+  Answered by ``route_live``: ``calls`` (``campaign``, ``call``, ``member``,
+  ``operator``, ``answered``, ``asked_at``), ``waiting`` (queued members:
+  ``campaign``, ``member``, ``asked_at``), ``ended`` (the newest answered chats that have
+  ended, same keys as ``calls``) and ``complete`` (false when the lists were cut to fit
+  a frame).
 """
 
 from __future__ import annotations
@@ -72,3 +78,17 @@ class RouteDial(Message):
     member: str = ""
     campaign: int = 0
     subject: str = ""
+
+
+@message("route_state", sender="c")
+class RouteState(Message):
+    id: int = 0
+
+
+@message("route_live", sender="s")
+class RouteLive(Message):
+    id: int | None = None
+    calls: list[dict[str, Any]] = field(default_factory=list)
+    waiting: list[dict[str, Any]] = field(default_factory=list)
+    ended: list[dict[str, Any]] = field(default_factory=list)
+    complete: bool = True

@@ -12,7 +12,9 @@ and the routing events that feed the board (S201-S219).
   ``route_event`` pushes into the shop DB (chats per campaign, events for the board),
   sends the operator a ``brief`` (campaign, product, the member's chat profile, past
   chats, canned replies) when a chat is routed to them, and stores the interests
-  operators tag.
+  operators tag. Its open chats are rebuilt at start and after every reconnect from the
+  shop DB and the CH server's ``route_state``, so a restart of the shop (or of the link)
+  loses no chat and leaves no ended chat "waiting" on the board.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -102,6 +105,7 @@ class Bridge:
         self.capacity = capacity
         self.open_chats: dict[tuple[int, str], int] = {}  # (campaign, member login) -> chat
         self.by_call: dict[int, int] = {}  # routed call id -> chat id
+        self.answered: set[int] = set()  # chat ids whose answer is recorded
         self.handled = 0  # events written (tests wait on it)
         self.changed = asyncio.Event()
 
@@ -115,6 +119,7 @@ class Bridge:
 
         self.link.on_state(on_state)
         await register_pools(self.link, self.store, self.capacity)
+        await self.resync()
         stopper = asyncio.ensure_future(stop.wait())
         try:
             while not stop.is_set():
@@ -126,6 +131,7 @@ class Bridge:
                     reconnected.clear()
                     with contextlib.suppress(ChmailError):
                         await register_pools(self.link, self.store, self.capacity)
+                        await self.resync()
                 if not getter.done():
                     getter.cancel()
                     continue
@@ -145,7 +151,8 @@ class Bridge:
         cid = ev.campaign
         key = (cid, ev.member)
         if ev.kind == "asked":
-            self.open_chats[key] = await self.store.chat_asked(cid, mid, ev.member, ev.at)
+            if key not in self.open_chats:  # (a resync may have opened it already)
+                self.open_chats[key] = await self.store.chat_asked(cid, mid, ev.member, ev.at)
         elif ev.kind == "routed":
             chat = self.open_chats.get(key)
             if chat is not None:
@@ -157,21 +164,80 @@ class Bridge:
             self.by_call.pop(ev.call, None)
         elif ev.kind == "answered":
             chat = self.by_call.get(ev.call)
-            if chat is not None:
+            if chat is not None and chat not in self.answered:
+                self.answered.add(chat)
                 await self.store.chat_answered(chat, ev.operator, ev.at)
         elif ev.kind == "ended":
             chat = self.by_call.pop(ev.call, None) or self.open_chats.get(key)
-            self.open_chats.pop(key, None)
             if chat is not None:
-                await self.store.chat_ended(chat, ev.at)
-                await self.store.add_event(
-                    cid, m.EV_CHAT_ENDED, mid, {"answered": ev.answered}, at=ev.at
-                )
+                await self._end(key, chat, mid, ev.at, ev.answered)
         elif ev.kind == "tag" and mid is not None:
             for interest in ev.interests:
                 with contextlib.suppress(ShopError):
                     await self.store.tag_interest(mid, check_tag(interest, "interest"), ev.operator)
         self.handled += 1
+        self.changed.set()
+
+    async def _end(
+        self, key: tuple[int, str], chat: int, mid: int | None, at: float, answered: bool
+    ) -> None:
+        self.open_chats.pop(key, None)
+        self.answered.discard(chat)
+        await self.store.chat_ended(chat, at)
+        await self.store.add_event(key[0], m.EV_CHAT_ENDED, mid, {"answered": answered}, at=at)
+
+    async def resync(self) -> None:
+        """Rebuild the open chats from the shop DB and what the CH server says is going on
+        now (``route_state``), after a start or a lost link: chats that ended while the
+        bridge was away are closed (as unanswered unless their answer was recorded),
+        chats asked meanwhile are opened, answers given meanwhile are recorded."""
+        reply = await self.link.request(r.RouteState())
+        if not isinstance(reply, r.RouteLive):
+            raise ShopError(f"The CH server answered route_state with {reply.t!r}.")
+        now = time.time()
+        known = await self.store.open_chats()
+        self.open_chats = {(cid, login): chat for chat, cid, login, _ in known}
+        self.answered = {chat for chat, _, _, answered in known if answered}
+        self.by_call = {}
+        live: dict[tuple[int, str], dict[str, Any]] = {}
+        for item in [*reply.calls, *reply.waiting]:
+            campaign, login = item.get("campaign"), item.get("member")
+            if isinstance(campaign, int) and isinstance(login, str):
+                live.setdefault((campaign, login), item)
+        ended: dict[tuple[int, str], dict[str, Any]] = {}
+        for item in reply.ended:
+            campaign, login = item.get("campaign"), item.get("member")
+            if isinstance(campaign, int) and isinstance(login, str):
+                ended.setdefault((campaign, login), item)
+        for key, gone in list(self.open_chats.items()):
+            if key in live:
+                continue
+            if not reply.complete and key not in ended:
+                continue  # the server's lists were cut short: this one may still be live
+            if key in ended and gone not in self.answered:
+                self.answered.add(gone)
+                await self.store.chat_answered(gone, str(ended[key].get("operator", "")), now)
+            member = await self.store.member(key[1])
+            await self._end(key, gone, member.id if member else None, now, gone in self.answered)
+        for key, item in live.items():
+            found = self.open_chats.get(key)
+            if found is not None:
+                chat = found
+            else:
+                member = await self.store.member(key[1])
+                asked = item.get("asked_at")
+                chat = self.open_chats[key] = await self.store.chat_asked(
+                    key[0],
+                    member.id if member else None,
+                    key[1],
+                    float(asked) if isinstance(asked, int | float) and asked else now,
+                )
+            call = item.get("call")
+            if isinstance(call, int):
+                self.by_call[call] = chat
+            if item.get("answered") is True and chat not in self.answered:
+                self.answered.add(chat)
+                await self.store.chat_answered(chat, str(item.get("operator", "")), now)
         self.changed.set()
 
     async def _brief(self, ev: r.RouteEvent, member: m.Member | None) -> None:

@@ -400,6 +400,14 @@ class SendingStore:
         )
         await self.conn.commit()
 
+    async def open_chats(self) -> list[tuple[int, int, str, bool]]:
+        """Chats not ended: (chat id, campaign, member login, answered)."""
+        rows = await self._all(
+            "SELECT id, campaign_id, member_login, answered_at IS NOT NULL FROM chats"
+            " WHERE ended_at IS NULL AND campaign_id IS NOT NULL"
+        )
+        return [(int(r[0]), int(r[1]), str(r[2]), bool(r[3])) for r in rows]
+
     async def past_chats(self, member_id: int, limit: int = 10) -> list[dict[str, Any]]:
         rows = await self._all(
             "SELECT c.id, c.campaign_id, c.operator, c.asked_at, c.answered_at, c.summary,"

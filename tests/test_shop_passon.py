@@ -12,13 +12,12 @@ from chmail.client.chatsession import Line
 from tests.chat_helpers import Client, chat_config, connect, next_event
 from tests.fixtures.chserver import ServerFactory
 
-CONTEXT = "campaign=7; sku=A-100; lang=en"
 
-
-async def campaign_mail(mall: Client, member: str) -> MailRef:
+async def campaign_mail(mall: Client, member: str, campaign: int = 7) -> MailRef:
     """The campaign mail the shop sent ``member``: its own signature, the campaign's context."""
-    mid = f"<shop.7.{member}@mall.test>"
-    link = await mall.link.alloc_port(mid, [f"{member}@example.com"], (), CONTEXT)
+    mid = f"<shop.{campaign}.{member}@mall.test>"
+    context = f"campaign={campaign}; sku=A-100; lang=en"
+    link = await mall.link.alloc_port(mid, [f"{member}@example.com"], (), context)
     return mail_ref([*link.headers(), ("Message-ID", mid), ("Subject", "Trail shoe")])
 
 

@@ -26,7 +26,9 @@ Rules:
 * An operator may call a member of a campaign (``route_dial``, S209); an offline member
   gets an alarm, shown at the next login and mailed (S215-S219).
 * Every step is pushed to the pool's owner as ``route_event`` so the shop can count
-  chats asked / answered / waiting and time to answer (the live board).
+  chats asked / answered / waiting and time to answer (the live board); ``route_state``
+  tells the owner which of its chats are going on now (what a shop that restarted, or
+  lost its link, missed).
 * ``brief`` from a pool owner is forwarded only to an operator of one of its pools;
   ``route_tag`` from an operator reaches only the owner of that operator's call, during
   the chat or after it (the last ``RECENT`` ended calls are remembered for that).
@@ -61,6 +63,9 @@ log = logging.getLogger(__name__)
 MAX_POOL = 200
 MAX_CAPACITY = 50
 RECENT = 1000  # ended routed calls kept so their operator can still tag the member
+# route_live stays well inside a frame (64 KiB): about 100 bytes an entry
+MAX_LIVE = 400
+MAX_LIVE_ENDED = 100
 
 
 @dataclass
@@ -119,7 +124,8 @@ class Router:
         self.recent: OrderedDict[int, Routed] = OrderedDict()  # ended, for late tags
         self.last_given: dict[str, float] = {}
         self.tickets = itertools.count(1)
-        self._placing: set[tuple[str, str]] = set()  # queued calls being placed now
+        # queued calls being placed now -> their pool's campaign
+        self._placing: dict[tuple[str, str], Pool] = {}
         self._asked: dict[tuple[str, str], float] = {}  # (member, message-id) -> first ask
         # (member, message-id) -> operators who turned that chat down (declined, let it
         # ring out, went offline): it is not offered to them again
@@ -449,6 +455,53 @@ class Router:
         if not self._serve_queue(pool):
             self._tell_positions(pool)  # nobody free who has not turned it down: waits
 
+    def live(self, owner: str, msg: r.RouteState) -> r.RouteLive:
+        """The owner's campaign chats going on now (the shop rebuilds its board from it
+        after a restart or a lost link)."""
+        calls = [
+            {
+                "campaign": i.pool.campaign,
+                "call": cid,
+                "member": i.caller,
+                "operator": i.operator,
+                "answered": i.answered,
+                "asked_at": i.asked_at,
+            }
+            for cid, i in self.routed.items()
+            if i.pool.owner == owner
+        ]
+        waiting = [
+            {"campaign": pool.campaign, "member": q.caller, "asked_at": q.at}
+            for pool in self.pools.values()
+            if pool.owner == owner
+            for q in pool.queue
+        ]
+        waiting += [  # taken from the queue, being placed right now
+            {"campaign": pool.campaign, "member": key[0], "asked_at": self._asked.get(key, 0.0)}
+            for key, pool in self._placing.items()
+            if pool.owner == owner
+        ]
+        ended = [  # answered, then ended: the shop may have missed either event
+            {
+                "campaign": i.pool.campaign,
+                "call": cid,
+                "member": i.caller,
+                "operator": i.operator,
+                "answered": True,
+                "asked_at": i.asked_at,
+            }
+            for cid, i in reversed(self.recent.items())
+            if i.pool.owner == owner
+        ]
+        complete = len(calls) + len(waiting) <= MAX_LIVE
+        return r.RouteLive(
+            id=msg.id,
+            calls=calls[:MAX_LIVE],
+            waiting=waiting[: max(0, MAX_LIVE - len(calls))],
+            ended=ended[:MAX_LIVE_ENDED],
+            complete=complete,
+        )
+
     def cancel(self, login: str, ticket: int) -> p.CallState | None:
         """A queued member hung up: leave the queue."""
         for pool in self.pools.values():
@@ -486,7 +539,7 @@ class Router:
     async def _place_queued(self, pool: Pool, q: Queued) -> None:
         key = (q.caller, q.msg.message_id)
         self._asked[key] = q.at
-        self._placing.add(key)
+        self._placing[key] = pool
         try:
             # Re-enters calls.call(): the link is checked again and the operator chosen
             # now; its "asked" event was counted when the member first asked.
@@ -500,7 +553,7 @@ class Router:
                 message=f"the chat could not be started: {exc}",
             )
         finally:
-            self._placing.discard(key)
+            self._placing.pop(key, None)
         self.seam.push(q.caller, _as_push(state, q.ticket))
 
     def _tell_positions(self, pool: Pool) -> None:
@@ -577,6 +630,9 @@ def install(server: ChServer) -> Router:
     async def on_tag(ctx: Context, msg: r.RouteTag) -> p.Message:
         return router.tag(ctx.require_login(), msg)
 
+    async def on_state(ctx: Context, msg: r.RouteState) -> p.Message:
+        return router.live(ctx.require_login(), msg)
+
     async def on_dial(ctx: Context, msg: r.RouteDial) -> p.Message:
         return await router.dial(ctx.require_login(), msg)
 
@@ -584,4 +640,5 @@ def install(server: ChServer) -> Router:
     server.register("brief", on_brief)
     server.register("route_tag", on_tag)
     server.register("route_dial", on_dial)
+    server.register("route_state", on_state)
     return router
