@@ -40,18 +40,26 @@ attribute (calls.py asks :meth:`Router.route` for the callee, and tells
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import logging
 import time
-from collections import OrderedDict, deque
-from dataclasses import dataclass, field
+from collections import OrderedDict
 from typing import TYPE_CHECKING
 
 from chmail import headers
 from chmail import protocol as p
 from chmail import protocol_routing as r
-from chmail.chserver import chatstore
+from chmail.chserver import routing_calls
+from chmail.chserver.routing_model import (
+    PASS_ON,
+    Pool,
+    Queued,
+    Routed,
+    as_push,
+    live,
+    pick,
+    queued_text,
+)
 from chmail.errors import ChatError, HeaderError
 
 if TYPE_CHECKING:
@@ -63,56 +71,8 @@ log = logging.getLogger(__name__)
 MAX_POOL = 200
 MAX_CAPACITY = 50
 RECENT = 1000  # ended routed calls kept so their operator can still tag the member
-# route_live stays well inside a frame (64 KiB): about 100 bytes an entry
-MAX_LIVE = 400
-MAX_LIVE_ENDED = 100
 
-
-@dataclass
-class Pool:
-    owner: str
-    campaign: int
-    operators: list[str]
-    capacity: int
-    queue: deque[Queued] = field(default_factory=deque)
-
-
-@dataclass
-class Queued:
-    ticket: int  # negative: never a real call id
-    caller: str
-    msg: p.Call
-    at: float
-
-
-@dataclass
-class Routed:
-    """What the router knows of a campaign call it placed."""
-
-    pool: Pool
-    caller: str
-    operator: str
-    asked_at: float
-    message_id: str = ""
-    answered: bool = False
-    msg: p.Call | None = None  # the member's call, to pass it on if it is turned down
-
-
-PASS_ON = ("declined", "missed", "alarmed")  # a routed call ending so goes to the next
-
-
-def pick(
-    operators: list[str],
-    online: set[str],
-    load: dict[str, int],
-    capacity: int,
-    last_given: dict[str, float],
-) -> str | None:
-    """The least busy online operator below capacity, or None. Pure."""
-    free = [o for o in operators if o in online and load.get(o, 0) < capacity]
-    if not free:
-        return None
-    return min(free, key=lambda o: (load.get(o, 0), last_given.get(o, 0.0), operators.index(o)))
+__all__ = ["Router", "install", "pick"]
 
 
 class Router:
@@ -191,106 +151,8 @@ class Router:
         subject = msg.subject or f"campaign {msg.campaign}"
         self._event(pool, "dialled", member=member, operator=operator)
         if not self.seam.is_online(member):
-            return await self._alarm(operator, member, subject, "", msg.id)
-        return await self._place(operator, member, subject, "", msg.id)
-
-    async def _alarm(
-        self, caller: str, callee: str, subject: str, message_id: str, req: int | None
-    ) -> p.CallState:
-        """The callee is offline: keep an alarm for their next login and mail it (S117)."""
-        call_id = await chatstore.create_call(
-            self.seam.db,
-            caller=caller,
-            callee=callee,
-            port=0,
-            lease=0,
-            message_id=message_id,
-            subject=subject,
-            state="alarmed",
-            now=time.time(),
-        )
-        await self.calls.alarms.raise_alarm(
-            login=callee,
-            caller=caller,
-            call_id=call_id,
-            subject=subject,
-            message_id=message_id,
-            port=0,
-            mail=True,
-        )
-        return p.CallState(
-            id=req,
-            call=call_id,
-            state="alarmed",
-            peer=callee,
-            subject=subject,
-            message_id=message_id,
-            message=f"{callee} is offline; they will be alarmed",
-        )
-
-    async def _place(
-        self, caller: str, callee: str, subject: str, message_id: str, req: int | None
-    ) -> p.CallState:
-        """Open a session of its own for this chat and ring ``callee``.
-
-        A campaign's mails share one port, so a routed chat cannot listen on the mail's
-        port (that is one listener for everybody): it gets its own, chosen by the OS.
-        """
-        from chmail.chserver.calls import ActiveCall
-
-        hub = self.calls.hub
-        hub.check_limit(caller)
-        hub.check_limit(callee)
-        session = await hub.open(
-            port=0,
-            lease=0,
-            owner=callee,
-            message_id=message_id,
-            subject=subject,
-            host=self.seam.public_host,
-            listen=False,
-        )
-        try:
-            session.port = await session.listen(hub.bind_host, 0)
-        except OSError as exc:
-            session.end("port unavailable")
-            raise ChatError("the server could not open a chat; try again", code="internal") from exc
-        call_id = await chatstore.create_call(
-            self.seam.db,
-            caller=caller,
-            callee=callee,
-            port=session.port,
-            lease=0,
-            message_id=message_id,
-            subject=subject,
-            state="ringing",
-            now=time.time(),
-        )
-        await chatstore.set_call_state(
-            self.seam.db, call_id, "ringing", now=time.time(), session_id=session.id
-        )
-        await hub.admit(session, caller)
-        await hub.admit(session, callee)
-        call = ActiveCall(
-            call_id, caller, callee, session, subject, message_id, host=self.seam.public_host
-        )
-        loop = asyncio.get_running_loop()
-        call.placement = loop.create_future()
-        call.placement.set_result(self.seam.public_host)
-        self.calls.calls[call_id] = call
-        self.calls.by_session[session.id] = call
-        call.ringer = loop.create_task(self.calls._ring(call))
-        return p.CallState(
-            id=req,
-            call=call_id,
-            state="ringing",
-            peer=callee,
-            subject=subject,
-            message_id=message_id,
-            message=f"ringing {callee}…",
-            port=session.port,
-            session=session.id,
-        )
+            return await routing_calls.alarm(self.calls, operator, member, subject, "", msg.id)
+        return await routing_calls.place(self.calls, operator, member, subject, "", msg.id)
 
     # ------------------------------------------------------------------ hooks from calls
 
@@ -342,7 +204,7 @@ class Router:
             peer=owner,
             subject=msg.subject,
             message_id=msg.message_id,
-            message=_queued_text(pos),
+            message=queued_text(pos),
         )
 
     async def _route_to(self, pool: Pool, caller: str, operator: str, msg: p.Call) -> p.CallState:
@@ -352,11 +214,15 @@ class Router:
         asked = self._asked.pop((caller, msg.message_id), time.time())
         self.last_given[operator] = time.time()
         if not self.seam.is_online(operator):
-            st = await self._alarm(caller, operator, subject, msg.message_id, msg.id)
+            st = await routing_calls.alarm(
+                self.calls, caller, operator, subject, msg.message_id, msg.id
+            )
             self._event(pool, "routed", call=st.call, member=caller, operator=operator)
             self._event(pool, "ended", call=st.call, member=caller, operator=operator)
             return st
-        st = await self._place(caller, operator, subject, msg.message_id, msg.id)
+        st = await routing_calls.place(
+            self.calls, caller, operator, subject, msg.message_id, msg.id
+        )
         self.routed[st.call] = Routed(pool, caller, operator, asked, msg.message_id, msg=msg)
         self._event(pool, "routed", call=st.call, member=caller, operator=operator)
         return st
@@ -456,50 +322,8 @@ class Router:
             self._tell_positions(pool)  # nobody free who has not turned it down: waits
 
     def live(self, owner: str, msg: r.RouteState) -> r.RouteLive:
-        """The owner's campaign chats going on now (the shop rebuilds its board from it
-        after a restart or a lost link)."""
-        calls = [
-            {
-                "campaign": i.pool.campaign,
-                "call": cid,
-                "member": i.caller,
-                "operator": i.operator,
-                "answered": i.answered,
-                "asked_at": i.asked_at,
-            }
-            for cid, i in self.routed.items()
-            if i.pool.owner == owner
-        ]
-        waiting = [
-            {"campaign": pool.campaign, "member": q.caller, "asked_at": q.at}
-            for pool in self.pools.values()
-            if pool.owner == owner
-            for q in pool.queue
-        ]
-        waiting += [  # taken from the queue, being placed right now
-            {"campaign": pool.campaign, "member": key[0], "asked_at": self._asked.get(key, 0.0)}
-            for key, pool in self._placing.items()
-            if pool.owner == owner
-        ]
-        ended = [  # answered, then ended: the shop may have missed either event
-            {
-                "campaign": i.pool.campaign,
-                "call": cid,
-                "member": i.caller,
-                "operator": i.operator,
-                "answered": True,
-                "asked_at": i.asked_at,
-            }
-            for cid, i in reversed(self.recent.items())
-            if i.pool.owner == owner
-        ]
-        complete = len(calls) + len(waiting) <= MAX_LIVE
-        return r.RouteLive(
-            id=msg.id,
-            calls=calls[:MAX_LIVE],
-            waiting=waiting[: max(0, MAX_LIVE - len(calls))],
-            ended=ended[:MAX_LIVE_ENDED],
-            complete=complete,
+        return live(
+            owner, msg.id, self.pools.values(), self.routed, self._placing, self._asked, self.recent
         )
 
     def cancel(self, login: str, ticket: int) -> p.CallState | None:
@@ -554,7 +378,7 @@ class Router:
             )
         finally:
             self._placing.pop(key, None)
-        self.seam.push(q.caller, _as_push(state, q.ticket))
+        self.seam.push(q.caller, as_push(state, q.ticket))
 
     def _tell_positions(self, pool: Pool) -> None:
         for i, q in enumerate(pool.queue, start=1):
@@ -566,7 +390,7 @@ class Router:
                     peer=pool.owner,
                     subject=q.msg.subject,
                     message_id=q.msg.message_id,
-                    message=_queued_text(i),
+                    message=queued_text(i),
                 ),
             )
 
@@ -598,20 +422,6 @@ class Router:
                 interests=interests or [],
             ),
         )
-
-
-def _queued_text(pos: int) -> str:
-    ahead = "you are next" if pos == 1 else f"you are number {pos} in the queue"
-    return f"all our operators are busy; {ahead}"
-
-
-def _as_push(state: p.CallState, ticket: int) -> p.CallState:
-    d = state.to_wire()
-    d.pop("t", None)
-    d["id"] = None
-    d.setdefault("message", "")
-    d["message"] = (d["message"] + f" (queue ticket {ticket})").strip()
-    return p.CallState(**d)
 
 
 def install(server: ChServer) -> Router:
