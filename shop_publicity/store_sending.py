@@ -77,7 +77,7 @@ def _batch(
             _KINDS[o.status],
             o.member_id,
             o.at,
-            json.dumps({"error": o.error} if o.error else {}),
+            json.dumps({"error": o.error}) if o.error else "{}",
         )
         for o in finals
         if o.status in _KINDS
@@ -279,6 +279,7 @@ class SendingStore:
         return int(row[0])
 
     async def sent_since(self, since: float) -> int:
+        # a scan (no index on sent_at: it cost every mail a write); only rate windows ask
         row = await self._one("SELECT count(*) FROM recipients WHERE sent_at >= ?", (since,))
         return int(row[0])
 
