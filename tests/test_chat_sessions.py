@@ -121,30 +121,78 @@ async def test_messages_flow_both_ways_in_seq_order(env: Env) -> None:
     ]
 
 
-async def test_resend_with_same_cid_is_stored_once(env: Env) -> None:
-    """A message resent with the same client id gets the same seq and one row."""
-    s = await env.session("alice")
+async def bare_join(
+    s: ChatSession, login: str, *, batch: bool = False
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, p.Connection]:
+    """A bare protocol connection of ``login``, joined to ``s`` (its decoder enforces the
+    frame limit)."""
     reader, writer = await asyncio.open_connection("127.0.0.1", s.port)
     conn = p.Connection(p.Role.CLIENT)
     writer.write(conn.send(p.Hello()))
-    writer.write(conn.send(p.Join(id=1, session=s.id, login="alice", token=s.admit("alice"))))
+    writer.write(
+        conn.send(p.Join(id=1, session=s.id, login=login, token=s.admit(login), batch=batch))
+    )
     async with asyncio.timeout(10):  # nothing but join may be sent before joined
         while not conn.authenticated:
             conn.receive_data(await reader.read(65536))
-    for i in (2, 3):
-        writer.write(conn.send(p.Say(id=i, cid="same", text="once")))
-    acks: list[tuple[int, int]] = []  # (request id, seq)
+    return reader, writer, conn
+
+
+async def acks_of(reader: asyncio.StreamReader, conn: p.Connection, n: int) -> dict[int, int]:
+    """The next ``n`` acknowledgements on a connection: request id -> seq."""
+    acks: dict[int, int] = {}
     async with asyncio.timeout(10):
-        while len(acks) < 2:
+        while len(acks) < n:
             conn.receive_data(await reader.read(65536))
             for m in conn.events():
                 if isinstance(m, p.Said):
-                    acks.append((m.id, m.seq))
+                    acks[m.id] = m.seq
                 elif isinstance(m, p.SaidMany):
-                    acks += zip(m.ids, m.seqs, strict=True)
-    assert sorted(acks) == [(2, 1), (3, 1)]
-    writer.close()
-    assert len(env.messages(s.id)) == 1
+                    acks.update(zip(m.ids, m.seqs, strict=True))
+    return acks
+
+
+async def test_resend_after_reconnect_is_stored_once(env: Env) -> None:
+    """Messages resent with the same client ids on a new connection get their stored
+    seqs back and no new rows; a new client id in the same burst is stored."""
+    s = await env.session("alice")
+    r1, w1, c1 = await bare_join(s, "alice")
+    w1.write(b"".join(c1.send(p.Say(id=i, cid=f"m{i}", text=f"t{i}")) for i in (2, 3)))
+    assert await acks_of(r1, c1, 2) == {2: 1, 3: 2}
+    w1.close()  # the link drops; the client did not see the acks, so it resends
+    await until_closed(s, "alice")
+    r2, w2, c2 = await bare_join(s, "alice")
+    burst = [p.Say(id=10, cid="m2", text="t2"), p.Say(id=11, cid="m3", text="t3")]
+    burst.append(p.Say(id=12, cid="m4", text="t4"))
+    w2.write(b"".join(c2.send(m) for m in burst))
+    assert await acks_of(r2, c2, 3) == {10: 1, 11: 2, 12: 3}
+    w2.close()
+    assert [(m.seq, m.cid) for m in env.messages(s.id)] == [(1, "m2"), (2, "m3"), (3, "m4")]
+
+
+async def test_resend_racing_the_old_connection_is_stored_once(env: Env) -> None:
+    """While a login's old connection is still open, a resend on its new one and a late
+    copy on the old one are both answered with the one stored seq."""
+    s = await env.session("alice")
+    r1, w1, c1 = await bare_join(s, "alice")
+    w1.write(c1.send(p.Say(id=2, cid="x", text="once")))
+    assert await acks_of(r1, c1, 1) == {2: 1}
+    r2, w2, c2 = await bare_join(s, "alice")  # the old link is still up
+    w2.write(c2.send(p.Say(id=3, cid="x", text="once")))
+    w2.write(c2.send(p.Say(id=4, cid="y", text="new")))
+    assert await acks_of(r2, c2, 2) == {3: 1, 4: 2}
+    w1.write(c1.send(p.Say(id=5, cid="y", text="new")))  # late, on the old link
+    assert await acks_of(r1, c1, 1) == {5: 2}
+    for w in (w1, w2):
+        w.close()
+    assert [(m.seq, m.cid) for m in env.messages(s.id)] == [(1, "x"), (2, "y")]
+
+
+async def until_closed(s: ChatSession, login: str) -> None:
+    """Wait until the session has no connection of ``login`` left."""
+    async with asyncio.timeout(10):
+        while any(c.login == login for c in s.every_conn):
+            await asyncio.sleep(0.01)
 
 
 async def test_dropped_member_reconnects_and_gets_what_it_missed(env: Env) -> None:
@@ -303,22 +351,6 @@ async def until_stored(c: SessionClient) -> None:
             await c.changed()
 
 
-async def raw_member(
-    s: ChatSession, login: str, *, batch: bool
-) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, p.Connection]:
-    """A bare protocol connection joined to ``s`` (its decoder enforces the frame limit)."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", s.port)
-    conn = p.Connection(p.Role.CLIENT)
-    writer.write(conn.send(p.Hello()))
-    writer.write(
-        conn.send(p.Join(id=1, session=s.id, login=login, token=s.admit(login), batch=batch))
-    )
-    async with asyncio.timeout(10):
-        while not conn.authenticated:
-            conn.receive_data(await reader.read(65536))
-    return reader, writer, conn
-
-
 PAD = "x" * 40
 
 
@@ -345,9 +377,9 @@ async def test_a_burst_reaches_batch_and_single_members_and_is_stored(env: Env) 
     frames, one without as chat frames, both in seq order and within the frame limit;
     the sender gets every ack; all are stored and come back after a hub restart."""
     s = await env.session("alice", "bob", "carol")
-    ra, wa, ca = await raw_member(s, "alice", batch=True)
-    rb, wb, cb = await raw_member(s, "bob", batch=True)
-    rc, wc, cc = await raw_member(s, "carol", batch=False)
+    ra, wa, ca = await bare_join(s, "alice", batch=True)
+    rb, wb, cb = await bare_join(s, "bob", batch=True)
+    rc, wc, cc = await bare_join(s, "carol", batch=False)
     n = 3000
     wa.write(
         b"".join(ca.send(p.Say(id=10 + i, cid=f"c{i}", text=f"burst {i} {PAD}")) for i in range(n))

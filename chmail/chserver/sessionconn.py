@@ -126,6 +126,7 @@ class SessionConn(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.login = ""
         self.batch = False  # joined asking for ``chats`` pushes
+        self.since = 0  # the session's next seq when this connection joined
         self._out: list[bytes] = []
         self.last_rx = session.loop_time()
         self._rest = b""  # the start of a frame not received whole yet

@@ -6,7 +6,10 @@ Rules (docs/protocol.md, "Calls and chat sessions", is the normative text):
   sends ``hello``; the client's first request is ``join`` with the token the CH server
   gave that login for this session (``call_state``). ``joined`` authenticates the link.
 * Every message gets the session's next sequence number. ``(sender, cid)`` names a
-  message: a resend is answered with the stored ``seq`` and stored nothing new.
+  message: a resend (the same ``cid`` again after a reconnect) is answered with the
+  stored ``seq`` and stored nothing new. A client never repeats a ``cid`` on one
+  connection; the server does not look for that while a login has a single connection
+  (see ``_index``), only across connections.
 * A message is pushed (``chat``) to the other members at once, in ``seq`` order on
   every connection, and stored with everything else that arrived in the same turn of
   the event loop, in every session of the server (one transaction, see
@@ -140,18 +143,27 @@ class MemoryBackend:
 
 
 def _all_new(
-    seen: dict[str, int], cids: list[str], texts: list[str], seq: int, max_text: int
+    seen: dict[str, int],
+    cids: list[str],
+    texts: list[str],
+    seq: int,
+    max_text: int,
+    *,
+    record: bool,
 ) -> bool:
     """The common case of a run of messages, checked with C-level loops: every client
-    id new (not in ``seen``, not twice in the run) and of 1 to MAX_CID bytes, no text
-    over ``max_text``. If so, the client ids are recorded in ``seen`` from ``seq`` on."""
+    id new (not in ``seen``) and of 1 to MAX_CID bytes, no text over ``max_text``. With
+    ``record``, also not twice in the run, and the ids are recorded in ``seen`` from
+    ``seq`` on."""
     if not (
-        seen.keys().isdisjoint(cids)
-        and min(map(len, cids)) > 0
+        min(map(len, cids)) > 0
         and max(map(len, cids)) * 4 <= MAX_CID  # len(str) * 4 bounds its UTF-8 size
         and max(map(len, texts)) * 4 <= max_text
+        and (not seen or seen.keys().isdisjoint(cids))
     ):
         return False
+    if not record:
+        return True
     known = len(seen)
     seen.update(zip(cids, range(seq, seq + len(cids)), strict=True))
     if len(seen) == known + len(cids):
@@ -197,11 +209,11 @@ class ChatSession:
         self.idle_timeout = idle_timeout
         self.conn_timeout = conn_timeout
         self.runs: list[Run] = runs_of(history)  # every message, in seq order
-        self.cids: dict[str, dict[str, int]] = {}  # sender -> client id -> seq
-        for first, sender, _, cids, _ in self.runs:
-            self.cids.setdefault(sender, {}).update(
-                zip(cids, range(first, first + len(cids)), strict=True)
-            )
+        # sender -> client id -> seq, for the sender's messages below _upto[sender] (and
+        # maybe some others): filled lazily from the runs, see _index
+        self.cids: dict[str, dict[str, int]] = {}
+        self._upto: dict[str, int] = {}
+        self._careful: set[str] = set()  # logins that had two connections at once
         self.head = self.runs[-1][0] + len(self.runs[-1][3]) - 1 if self.runs else 0
         self.next_seq = self.head + 1
         if reopened:
@@ -370,6 +382,11 @@ class ChatSession:
             return
         conn.login = msg.login
         conn.batch = msg.batch
+        conn.since = self.next_seq
+        if any(c.login == msg.login for c in self.conns):
+            self._careful.add(msg.login)  # two connections of one login: see _index
+        else:
+            self._careful.discard(msg.login)
         self.members.setdefault(msg.login, 0)  # the token proves the server admitted it
         first = msg.login not in self.online()
         self.conns.add(conn)
@@ -415,9 +432,7 @@ class ChatSession:
         limit) goes through :meth:`say`, in its place in the order.
         """
         login, max_text = conn.login, self.max_text
-        seen = self.cids.get(login)
-        if seen is None:
-            seen = self.cids[login] = {}
+        seen, careful = self._index(conn)
         n, i = len(rids), 0
         while i < n:
             seq = self.next_seq
@@ -430,7 +445,7 @@ class ChatSession:
                 run_ids, run_cids, run_texts = rids, cids, texts
             else:
                 run_ids, run_cids, run_texts = rids[i:stop], cids[i:stop], texts[i:stop]
-            if _all_new(seen, run_cids, run_texts, seq, max_text):
+            if _all_new(seen, run_cids, run_texts, seq, max_text, record=careful):
                 self._take(conn, seq, run_ids, run_cids, run_texts)
                 i = stop
                 continue
@@ -447,6 +462,38 @@ class ChatSession:
                 self.say(conn, rids[j], cids[j], texts[j])
                 j += 1
             i = j
+        if careful:
+            self._upto[login] = self.next_seq
+
+    def _index(self, conn: SessionConn) -> tuple[dict[str, int], bool]:
+        """The client ids a message from ``conn`` must not repeat, and whether new ones
+        must be recorded there (``careful``).
+
+        A resend comes after a reconnect, so while a login has one connection at a time
+        its new client ids need to be checked only against those of its messages from
+        before that connection joined (``conn.since``): they are indexed lazily from the
+        runs, once per connection, and the connection's own messages are not indexed at
+        all (no dict insert per message on the hot path). A login that has had two
+        connections at once (a reconnect racing the old link, two devices) is careful
+        from then on: every message of it is indexed before the next is checked.
+        """
+        login = conn.login
+        seen = self.cids.get(login)
+        if seen is None:
+            seen = self.cids[login] = {}
+        careful = login in self._careful
+        upto = self.next_seq if careful else conn.since
+        have = self._upto.get(login, 0)
+        if have < upto:
+            for first, sender, _, cids, _ in self.runs[
+                bisect.bisect_left(self.runs, have, key=_first_seq) :
+            ]:
+                if first >= upto:
+                    break
+                if sender == login:
+                    seen.update(zip(cids, range(first, first + len(cids)), strict=True))
+            self._upto[login] = upto
+        return seen, careful
 
     def _take(
         self, conn: SessionConn, seq: int, rids: list[int], cids: list[str], texts: list[str]
@@ -499,7 +546,7 @@ class ChatSession:
                 )
             )
             return
-        seen = self.cids.setdefault(conn.login, {})
+        seen, careful = self._index(conn)
         seq = seen.get(cid)
         if seq is not None:  # a resend
             if self._first and seq >= self._first:  # not committed yet: ack with the batch
@@ -512,6 +559,8 @@ class ChatSession:
             return
         seen[cid] = self.next_seq
         self._take(conn, self.next_seq, [rid], [cid], [text])
+        if careful:
+            self._upto[conn.login] = self.next_seq
 
     def commit(self) -> None:
         """Store the waiting batch now, alone, and acknowledge it."""
@@ -545,12 +594,14 @@ class ChatSession:
                             message="the message could not be stored; send it again",
                         )
                     )
-            for _, sender, _, cids, _ in self.runs[
-                bisect.bisect_left(self.runs, first, key=_first_seq) :
-            ]:
+            # they are no longer part of the chat: a resend is a new message
+            start = bisect.bisect_left(self.runs, first, key=_first_seq)
+            for _, sender, _, cids, _ in self.runs[start:]:
                 seen = self.cids.get(sender, {})
                 for cid in cids:
                     seen.pop(cid, None)
+            del self.runs[start:]
+            self.head = self.runs[-1][0] + len(self.runs[-1][3]) - 1 if self.runs else 0
         self.flush_out()
 
     def _read(self, conn: SessionConn, msg: p.Read) -> None:
