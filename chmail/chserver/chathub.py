@@ -21,8 +21,9 @@ from typing import Any
 import aiosqlite
 
 from chmail.chserver import chatstore
+from chmail.chserver.chatlog import Batch, SessionMessages
 from chmail.chserver.chatstore import MessageLog
-from chmail.chserver.sessions import Batch, ChatSession, session_secret
+from chmail.chserver.sessions import ChatSession, session_secret
 from chmail.config import ServerConfig
 from chmail.errors import ChatError
 
@@ -39,9 +40,9 @@ class _DbBackend:
 
     def __init__(self, hub: SessionHub) -> None:
         self.hub = hub
-        self._pending: list[ChatSession] = []
+        self._pending: list[SessionMessages] = []
 
-    def pending(self, session: ChatSession) -> None:
+    def pending(self, session: SessionMessages) -> None:
         if not self._pending:
             asyncio.get_running_loop().call_soon(self._commit)
         self._pending.append(session)
