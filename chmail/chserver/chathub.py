@@ -2,7 +2,7 @@
 
 A relay-mode session is a :class:`~chmail.chserver.sessions.ChatSession` listening on
 its port on the server's host; its messages go to the
-:class:`~chmail.chserver.chatstore.MessageLog` (``<data>/chat.sqlite``) shared by all
+:class:`~chmail.chserver.messagestore.MessageLog` (``<data>/chat.sqlite``) shared by all
 sessions, its membership and end through the server's aiosqlite connection. At start
 every session the database still calls open gets its listener back on the same port
 with its history, so clients that reconnect with ``last_seq`` lose nothing.
@@ -22,7 +22,7 @@ import aiosqlite
 
 from chmail.chserver import chatstore
 from chmail.chserver.chatlog import Batch, SessionMessages
-from chmail.chserver.chatstore import MessageLog
+from chmail.chserver.messagestore import MessageLog
 from chmail.chserver.sessions import ChatSession, session_secret
 from chmail.config import ServerConfig
 from chmail.errors import ChatError
