@@ -68,7 +68,7 @@ def runs_of(history: Iterable[Msg]) -> list[Run]:
 
 
 # The messages of a session waiting for a commit: (session id, first seq, last seq, the
-# ``chat`` frames of seqs first..last as pushed). A session's seqs are consecutive
+# ``chats`` frames of seqs first..last as pushed). A session's seqs are consecutive
 # between two restarts, so one range names them.
 Batch = tuple[int, int, int, bytes]
 # who waits for an ack, per connection: request ids, seqs, client ids

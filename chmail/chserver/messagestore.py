@@ -21,7 +21,7 @@ from chmail.errors import StoreError
 
 log = logging.getLogger(__name__)
 
-# (session id, first seq, last seq, the ``chat`` frames of those seqs as pushed)
+# (session id, first seq, last seq, the ``chats`` frames of those seqs as pushed)
 MessageBatch = tuple[int, int, int, bytes]
 
 
