@@ -163,15 +163,25 @@ def _mac(
         f"v{SIG_VERSION}\n{login}\n{port}\n{host.lower()}\n{lease}\n{expires}\n"
         f"{message_id}\n{context}"
     )
-    mac = _keyed(key).copy()  # the key's HMAC state, computed once per key
+    inner, outer = _pads(key)
+    mac = inner.copy()
     mac.update(text.encode("ascii"))
-    return base64.urlsafe_b64encode(mac.digest()).decode("ascii").rstrip("=")
+    out = outer.copy()
+    out.update(mac.digest())
+    return base64.urlsafe_b64encode(out.digest()).decode("ascii").rstrip("=")
 
 
 @functools.lru_cache(maxsize=8)
-def _keyed(key: bytes) -> hmac.HMAC:
-    """HMAC-SHA256 state after the key (never updated itself, only copied)."""
-    return hmac.new(key, digestmod=hashlib.sha256)
+def _pads(key: bytes) -> tuple[hashlib._Hash, hashlib._Hash]:
+    """HMAC-SHA256 (RFC 2104) with the key's two padded blocks hashed once: the inner
+    and outer SHA-256 states, only ever copied (a third of the cost of hmac.digest)."""
+    block = 64  # SHA-256 block size
+    if len(key) > block:
+        key = hashlib.sha256(key).digest()
+    key = key.ljust(block, b"\0")
+    inner = hashlib.sha256(bytes(b ^ 0x36 for b in key))
+    outer = hashlib.sha256(bytes(b ^ 0x5C for b in key))
+    return inner, outer
 
 
 def sign(
