@@ -16,6 +16,7 @@ is raised to 300 s so idle clients need not ping during the run.
 
     .venv/bin/python bench/chserver_link.py                 # full run (fd limit)
     .venv/bin/python bench/chserver_link.py --clients 200 --allocs 500   # quick
+    .venv/bin/python bench/chserver_link.py --alloc-only                 # alloc figures
 
 The last line of output is one JSON object.
 """
@@ -235,7 +236,7 @@ def pct(values: list[float], q: float) -> float:
 
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     limit = raise_fd_limit()
-    clients = args.clients or max(0, limit - 300)
+    clients = 0 if args.alloc_only else args.clients or max(0, limit - 300)
     data = Path(tempfile.mkdtemp(prefix="chbench-"))
     py = sys.executable
     await add_users(data)
@@ -346,6 +347,9 @@ def main() -> None:
     parser.add_argument("--client-procs", type=int, default=2)
     parser.add_argument("--allocs", type=int, default=2000, help="allocs per round")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--alloc-only", action="store_true", help="skip the idle clients (alloc figures only)"
+    )
     result = asyncio.run(main_async(parser.parse_args()))
     print(json.dumps(result))
 
