@@ -1,16 +1,23 @@
 """A routed campaign chat the operator turns down is passed on, on a real CH server with
-two real operators (ChLink + chat engine each) and real members."""
+two real operators (ChLink + chat engine each) and real members (a client, and the
+chmail TUI on a real mailbox)."""
 
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 from chmail import protocol as p
 from chmail import protocol_routing as r
 from chmail.client.chat import CallEvent, MailRef, RingEvent, mail_ref
 from chmail.client.chatsession import Line
+from chmail.client.compose import stamp
+from chmail.client.tui.widgets.chat_pane import ChatPane
+from chmail.client.tui.widgets.message_list import MessageList
 from tests.chat_helpers import Client, chat_config, connect, next_event
 from tests.fixtures.chserver import ServerFactory
+from tests.fixtures.mailstack import MailUser
+from tests.tui_env import add_ch_user, config_for, deliver, mail, running_tui, screen_text, wait_for
 
 
 async def campaign_mail(mall: Client, member: str, campaign: int = 7) -> MailRef:
@@ -86,6 +93,46 @@ async def test_declined_or_unanswered_chat_goes_to_next_operator_or_queue(
         assert ("passed", "bob", "olga") in kinds
         assert [k for k in kinds if k[0] == "asked"] == [("asked", "ann", ""), ("asked", "bob", "")]
         assert ("ended", "bob", "olga") not in kinds
+    finally:
+        for c in clients:
+            await c.close()
+
+
+async def test_member_tui_follows_a_declined_chat_to_the_next_operator(
+    mail_user: MailUser, chserver_factory: ServerFactory, tmp_path: Path
+) -> None:
+    """A member presses c on a campaign mail in chmail; Olga declines: the member's chat
+    pane says Piet is being rung, and when Piet accepts it opens on Piet's chat."""
+    member = mail_user
+    srv = await chserver_factory(**chat_config())
+    await add_ch_user(srv, member)
+    for login in ("mall", "olga", "piet"):
+        await srv.add_user(login, emails=[f"{login}@example.com"])
+    clients: list[Client] = []
+    try:
+        for login in ("mall", "olga", "piet"):
+            clients.append(await connect(srv, login))
+        mall, olga, piet = clients
+        await mall.link.request(r.RoutePool(campaign=7, operators=["olga", "piet"], capacity=1))
+        msg, mid = mail("mall@example.com", member.address, "Trail shoe", "Press c to chat.\n")
+        link = await mall.link.alloc_port(mid, [member.address], (), "campaign=7; sku=A-100")
+        await deliver(member, stamp(bytes(msg), link), "mall@example.com")
+        async with running_tui(config_for(member, srv), tmp_path) as (app, pilot):
+            ml = app.screen.query_one(MessageList)
+            await wait_for(pilot, lambda: ml.total == 1 and ml.current is not None, "the mail")
+            await pilot.press("enter")
+            await wait_for(pilot, lambda: "mall is online now" in screen_text(app), "presence")
+            await pilot.press("c")
+            await olga.engine.answer(await rung(olga, member.name), accept=False)
+            await wait_for(pilot, lambda: "ringing piet" in screen_text(app), "passed on")
+            state = await piet.engine.answer(await rung(piet, member.name), accept=True)
+            talk = await piet.join(state)
+            main = app.main
+            assert main is not None
+            await wait_for(pilot, lambda: "connected" in screen_text(app), "chat open")
+            talk.say("Hi, Piet here")
+            await wait_for(pilot, lambda: "piet: Hi, Piet here" in screen_text(app), "line")
+            assert main.query_one(ChatPane).session == str(state.call)
     finally:
         for c in clients:
             await c.close()

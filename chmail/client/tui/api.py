@@ -132,6 +132,10 @@ class ChatEvents(Protocol):
 
     def on_ended(self, session: str, reason: str) -> None: ...
 
+    def on_call_moved(self, old: str, new: str, state: str) -> None:
+        """An outgoing campaign chat goes on as call ``new`` (queued, then placed; or
+        passed on by an operator who turned it down); ``state`` says how it stands."""
+
     def on_alarm(self, alarm: AlarmItem) -> None: ...
 
     def on_presence(self, login: str, online: bool) -> None: ...

@@ -222,6 +222,12 @@ class ChmailApp(App[None]):
         if p is not None and p.session == session:
             p.set_state(f"ended: {reason}")
 
+    def on_call_moved(self, old: str, new: str, state: str) -> None:
+        p = chat_actions.pane(self.main) if self.main else None
+        if p is not None and p.session in (old, new):
+            p.session = new
+            p.set_state(state)
+
     def on_alarm(self, alarm: AlarmItem) -> None:
         if any(a.id == alarm.id for a in self.alarms):
             return

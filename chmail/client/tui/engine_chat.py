@@ -142,6 +142,8 @@ class ChatBridge:
             events.on_ring(self._ring(ev.ring))
         elif isinstance(ev, CallEvent):
             st, key = ev.state, str(ev.state.call)
+            if key not in self.outgoing and st.state in ("ringing", "queued", "accepted"):
+                self._follow(key, st)
             mine = key in self.outgoing or key in self.dialled
             if st.state == "accepted" and mine and key not in self.sessions:
                 self._spawn(self._join(key, st))
@@ -156,6 +158,29 @@ class ChatBridge:
         else:
             for a in ev.alarms:
                 events.on_alarm(_alarm(a))
+
+    def _follow(self, key: str, st: p.CallState) -> None:
+        """A campaign chat of ours that goes on under another call id: the server queued
+        the member and placed the call later, or passed it on to another operator."""
+        prev = next(
+            (
+                k
+                for k, msg in reversed(self.outgoing.items())
+                if st.message_id and msg.message_id == st.message_id and k not in self.sessions
+            ),
+            None,
+        )
+        if prev is None or self.events is None:
+            return
+        self.outgoing[key] = self.outgoing[prev]
+        self.subjects[key] = self.subjects.get(prev, st.subject)
+        if st.state == "queued":
+            text = st.message or "waiting for an operator"
+        elif st.state == "ringing":
+            text = f"ringing {st.peer}…"
+        else:
+            text = "connecting…"
+        self.events.on_call_moved(prev, key, text)
 
     def _ring(self, ring: p.Ring) -> Ring:
         brief = self.briefs.get(ring.call, {})
