@@ -19,6 +19,10 @@ line is one JSON object):
   also decodes and re-encodes each message) and stream_relay_msgs_per_s (the
   asyncio-streams relay most people write first: readexactly + write per frame), with
   their ratios.
+* session_cpu_us_per_msg / raw_relay_cpu_us_per_msg: CPU time the session's server
+  process and the bare relay's process spent per message over the throughput rounds
+  (from /proc; clock-tick resolution): what relaying costs the server, whatever the
+  clients spend decoding.
 * latency_p50_us / latency_p99_us: one message A -> session -> B, waiting for each;
   raw_rtt_p50_us: the same trip through the bare relay; latency_p50_ratio (goals:
   <= 2.5, p99 <= 5 ms).
@@ -224,6 +228,15 @@ async def throughput(a: Peer, b: Peer, n: int, kind: str, base: int) -> float:
     return n / (time.perf_counter() - t0)
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process ``pid`` so far (Linux /proc; 0 elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 ROUNDS = 5  # throughput rounds per relay; the best of each counts (the machine is shared)
 
 
@@ -325,14 +338,17 @@ async def bench_sessions(messages: int, pings: int) -> dict[str, float]:
     kinds = ("raw", "decode", "streams", "single", "session")
     servers = {k: await relay_peers(k) for k in kinds}
     tps: dict[str, list[float]] = {k: [] for k in kinds}
+    cpu: dict[str, float] = dict.fromkeys(kinds, 0.0)  # server CPU seconds, all rounds
     for r in range(ROUNDS):
         for k in kinds:
-            _, a, b = servers[k]
+            proc, a, b = servers[k]
+            before = cpu_seconds(proc.pid)
             tps[k].append(
                 await throughput(
                     a, b, messages, "chat" if k in ("session", "single") else "say", r * messages
                 )
             )
+            cpu[k] += cpu_seconds(proc.pid) - before
     lat: list[float] = []
     raw_lat: list[float] = []
     block = max(1, pings // 10)
@@ -361,6 +377,8 @@ async def bench_sessions(messages: int, pings: int) -> dict[str, float]:
         "relay_ratio_vs_decode": round(tp / dec_tp, 3),
         "stream_relay_msgs_per_s": round(str_tp),
         "relay_ratio_vs_streams": round(tp / str_tp, 3),
+        "session_cpu_us_per_msg": round(cpu["session"] / (ROUNDS * messages) * 1e6, 2),
+        "raw_relay_cpu_us_per_msg": round(cpu["raw"] / (ROUNDS * messages) * 1e6, 2),
         "latency_p50_us": round(statistics.median(lat), 1),
         "latency_p99_us": round(pct(lat, 0.99), 1),
         "raw_rtt_p50_us": round(raw_p50, 1),
