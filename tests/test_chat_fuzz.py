@@ -162,3 +162,12 @@ def test_malformed_say_maps_are_refused_one_by_one(fields: dict[str, Any]) -> No
     _, closed, texts = run([opening(0) + p.LENGTH.pack(len(body)) + body + tail])
     assert not closed
     assert texts[-1] == "still here"
+
+
+def test_frames_trickling_in_byte_by_byte_give_the_same_chat() -> None:
+    """A stream fed one byte per read gives the same messages and replies as one read."""
+    data = opening(5) + p.encode(p.Say(id=50, cid="long", text="x" * 90))
+    whole = run([data])
+    trickle = run([data[i : i + 1] for i in range(len(data))])
+    assert trickle[2] == whole[2] == [*(f"m{i}" for i in range(5)), "x" * 90]
+    assert [f["t"] for f in trickle[0]] == [f["t"] for f in whole[0]]

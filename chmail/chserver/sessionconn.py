@@ -129,7 +129,10 @@ class SessionConn(asyncio.Protocol):
         self.since = 0  # the session's next seq when this connection joined
         self._out: list[bytes] = []
         self.last_rx = session.loop_time()
-        self._rest = b""  # the start of a frame not received whole yet
+        # The start of a frame not received whole yet, and how many bytes it takes to go
+        # on: a frame that trickles in is appended to here, not re-copied on every read.
+        self._rest = bytearray()
+        self._need = 0
         self._hello = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -145,7 +148,13 @@ class SessionConn(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         session = self.session
         self.last_rx = session.loop_time()
-        buf = self._rest + data if self._rest else data
+        if self._rest:
+            self._rest += data
+            if len(self._rest) < self._need:
+                return
+            buf, self._rest = bytes(self._rest), bytearray()
+        else:
+            buf = data
         off, end, limit = 0, len(buf), session.max_frame
         # consecutive well-typed ``say`` requests, in order, as three parallel lists
         rids: list[int] = []
@@ -187,7 +196,9 @@ class SessionConn(asyncio.Protocol):
             self.close()
         if rids and self.transport is not None and not self.transport.is_closing():
             session.say_many(self, rids, cids, texts)
-        self._rest = buf[off:] if off < end else b""
+        if off < end and self.transport is not None and not self.transport.is_closing():
+            self._rest = bytearray(buf[off:])
+            self._need = 4 + _LENGTH_FROM(buf, off)[0] if end - off >= 4 else 4
         session.flush_out()
 
     def _message(self, obj: dict[str, Any]) -> None:
