@@ -41,12 +41,13 @@ class Committer:
     writer that awaits its own write knows every earlier post is committed too.
 
     A post alone does not start a commit: ``post()`` is lazy, ``sync()`` (a writer that
-    must know its write is durable, e.g. 'sending' before DATA), ``flush()``, ``stop()``
-    or a long queue starts one. Each commit takes everything queued by then, so one
-    connection's demand commits every connection's pending marks and the cost of a
-    commit (a thread hop, a WAL append) is shared by the pool instead of paid per mail.
-    While a commit runs, new posts and demands gather for the next one. All the posts
-    of one batch share one future (no per-mail future in the hot path).
+    must know its write is durable: the sender's feeder claiming rows as 'sending'
+    before any connection may start their DATA), ``flush()``, ``stop()`` or a long queue
+    starts one. Each commit takes everything queued by then, so the claim also commits
+    the connections' outcomes posted since the last one, and the cost of a commit is
+    shared by a pool's worth of mails instead of paid per mail. While a commit runs, new
+    posts and demands gather for the next one. All the posts of one batch share one
+    future (no per-mail future in the hot path).
     """
 
     def __init__(self, store: Store) -> None:
