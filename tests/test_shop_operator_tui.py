@@ -122,6 +122,8 @@ async def test_operator_keys_canned_reply_tag_and_call(
             session = main.query_one(ChatPane).session
             await wait_for(pilot, lambda: len(chat.canned_replies(session)) == 2, "the brief")
 
+            main.query_one(ChatPane).refresh_bindings()
+            await wait_for(pilot, lambda: "Canned reply" in screen_text(app), "keys in footer")
             await pilot.press("f2")  # replies sorted by key: bye, hi
             said = await next_event(talk.events, Line, lambda ln: not ln.mine)
             assert said.text == "Hello! How can I help?"

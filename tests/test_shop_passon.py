@@ -133,6 +133,7 @@ async def test_member_tui_follows_a_declined_chat_to_the_next_operator(
             talk.say("Hi, Piet here")
             await wait_for(pilot, lambda: "piet: Hi, Piet here" in screen_text(app), "line")
             assert main.query_one(ChatPane).session == str(state.call)
+            assert "Canned reply" not in screen_text(app)  # operator keys: operators only
     finally:
         for c in clients:
             await c.close()

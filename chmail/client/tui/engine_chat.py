@@ -349,6 +349,10 @@ class ChatBridge:
 
     # ------------------------------------------------------------------ operator keys
 
+    def campaign_chat(self, session: str) -> bool:
+        """A campaign chat routed to this operator (the shop sent its brief)."""
+        return session.lstrip("-").isdigit() and self.desk.brief(int(session)) is not None
+
     def canned_replies(self, session: str) -> list[tuple[str, str]]:
         return self.desk.replies(int(session))
 

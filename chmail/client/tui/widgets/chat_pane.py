@@ -164,6 +164,13 @@ class ChatPane(Vertical):
     def action_file_transcript(self) -> None:
         self.post_message(self.FileTranscript(self.session))
 
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        """The operator's keys only in a campaign chat (one the shop sent a brief for)."""
+        if action in ("canned", "tag"):
+            chat = getattr(self.app, "chat", None)
+            return bool(chat is not None and chat.campaign_chat(self.session))
+        return True
+
     def action_canned(self, n: int = 0) -> None:
         self.post_message(self.Canned(self.session, n))
 
