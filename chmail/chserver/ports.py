@@ -28,7 +28,7 @@ LEASE_BLOCK = 1024  # lease numbers reserved on disk at a time
 MAX_MESSAGE_IDS = 100_000  # per lease; a thread longer than this starts a new lease
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Lease:
     port: int
     login: str
@@ -71,7 +71,7 @@ class Lease:
         }
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Grant:
     """The outcome of one allocation: the lease, and the expiry of this mail's link."""
 
@@ -183,7 +183,7 @@ class PortPool:
             same = self._leases[self._by_message[message_id]]
             if same.login == login and same.context == context and same.expires > now:
                 return self._reuse(same, message_id, rcpts, now, expires)
-        current = self._thread_lease(login, host, context, thread, now)
+        current = self._thread_lease(login, host, context, thread, now) if thread else None
         if current is not None:
             return self._reuse(current, message_id, rcpts, now, expires)
         # The caller reserves numbers on disk first (needs_reservation); either way a
