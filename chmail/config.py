@@ -75,6 +75,8 @@ class ServerConfig:
     argon2_time_cost: int = 3  # cost of new password hashes (argon2id)
     argon2_memory_kib: int = 65536
     max_write_buffer: int = 1048576  # bytes queued to a client that stopped reading -> drop
+    login_lockout_failures: int = 10  # failed logins for one login that lock it ...
+    login_lockout_minutes: float = 15.0  # ... when they fall within this many minutes
 
 
 @dataclass(frozen=True)

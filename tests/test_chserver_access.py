@@ -7,7 +7,7 @@ import pytest
 from chmail import protocol as p
 from chmail.chserver.access import FailureWindow
 from chmail.errors import AuthError
-from tests.fixtures.chserver import RunningServer
+from tests.fixtures.chserver import RunningServer, ServerFactory
 from tests.test_chserver_cli import run
 
 
@@ -53,10 +53,10 @@ async def test_presence_only_of_related_logins(chserver: RunningServer) -> None:
         assert await carol.presence(["alice", "bob"]) == {"alice": False, "bob": False}
 
 
-async def test_login_locked_after_repeated_failures(chserver: RunningServer) -> None:
-    """Failed logins for one login from several connections lock it, with a clear error."""
-    core = chserver.server.extensions["core"]
-    core.login_failures = FailureWindow(4, 900.0)
+async def test_login_locked_after_repeated_failures(chserver_factory: ServerFactory) -> None:
+    """Failed logins for one login from several connections lock it, with a clear error
+    (after ``[server] login_lockout_failures`` of them)."""
+    chserver = await chserver_factory(login_lockout_failures=4, login_lockout_minutes=15)
     pw = await chserver.add_user("alice")
     await chserver.add_user("bob")
     clients = [await chserver.raw(), await chserver.raw()]

@@ -28,6 +28,8 @@ IP_FAILURES = 20  # failed logins from one address within IP_WINDOW ...
 IP_WINDOW = 60.0  # ... after which that address gets rate_limited until the window clears
 LOGIN_FAILURES = 10  # failed logins for one login within LOGIN_WINDOW ...
 LOGIN_WINDOW = 900.0  # ... lock that login until the oldest of them is this old
+# (the server takes both from [server] login_lockout_failures / login_lockout_minutes,
+# whose defaults are these)
 MAX_TRACKED = 10_000  # addresses (and logins) tracked before quiet ones are forgotten
 
 

@@ -29,8 +29,6 @@ from chmail import protocol as p
 from chmail.chserver.access import (
     IP_FAILURES,
     IP_WINDOW,
-    LOGIN_FAILURES,
-    LOGIN_WINDOW,
     FailureWindow,
     related,
 )
@@ -129,7 +127,10 @@ class Core:
         self.hasher = hasher
         self.writer = LeaseWriter(server.store.leasedb, server.pool)
         self.ip_failures = FailureWindow(IP_FAILURES, IP_WINDOW)
-        self.login_failures = FailureWindow(LOGIN_FAILURES, LOGIN_WINDOW)
+        cfg = server.config
+        self.login_failures = FailureWindow(
+            max(1, cfg.login_lockout_failures), max(0.0, cfg.login_lockout_minutes) * 60
+        )
         self._users_removed = 0
 
     def install(self) -> None:
