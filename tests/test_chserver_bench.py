@@ -27,6 +27,7 @@ def test_bench_runs_small() -> None:
         "alloc_p99_us",
         "raw_rtt_p50_us",
         "alloc_ratio_p50",
+        "alloc_vs_ch_ping_p50",
     ):
         assert key in result
     assert result["idle_clients"] == 20
