@@ -236,6 +236,8 @@ class Cache(Ingest):
         if order is None:
             raise StoreError(f"Unknown sort {sort!r}; use one of {', '.join(SORTS)}.")
         await self._ensure_sort_index(sort)
+        if not sort.startswith(("date", "size")):
+            await self.index_pending()  # sort keys of rows stored since the last pass
         # Step 1 walks only the (covering) index; step 2 reads just the rows shown.
         ids = await self._all(
             f"SELECT id FROM messages WHERE folder_id = ? ORDER BY {order}"  # noqa: S608

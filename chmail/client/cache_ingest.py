@@ -26,8 +26,8 @@ from chmail.client.cache_models import SEEN, NewMessage
 from chmail.errors import StoreError
 
 _PENDING_SQL = (
-    "SELECT id, message_id, refs, in_reply_to, thread_id FROM messages WHERE indexed = 0"
-    " ORDER BY id LIMIT ?"
+    "SELECT id, message_id, refs, in_reply_to, thread_id, from_name, from_addr, subject"
+    " FROM messages WHERE indexed = 0 ORDER BY id LIMIT ?"
 )
 
 _CHUNK = 500
@@ -86,27 +86,26 @@ class Ingest(LocalChanges):
             )
             known.update(r[0] for r in cur.fetchall())
         fresh = [m for m in msgs if m.uid not in known]
-        # Bound per row: what differs per row (15 values); the batch's folder and
+        # Bound per row: what differs per row (13 values); the batch's folder and
         # UIDVALIDITY are integers written into the statement, seen / has_ch are derived
         # by SQLite from the flags and X-CH text (binding is most of the insert's cost).
-        # thread_id stays 0 until the indexing pass.
+        # thread_id and the sort keys of the rarer sort orders wait for the indexing pass.
         rows = [
             (
                 m.uid, m.message_id, m.in_reply_to, " ".join(m.references),
                 m.from_name, m.from_addr, m.to, m.cc, m.subject, m.date,
                 _flags_text(m.flags), m.size,
                 "".join(f"{n}: {v}\n" for n, v in m.ch_headers) if m.ch_headers else "",
-                (m.from_name or m.from_addr).casefold(), cache_search.subject_key(m.subject),
             )
             for m in msgs
         ]  # fmt: skip
         db.executemany(
             "INSERT INTO messages (folder_id, uid, uidvalidity, message_id, in_reply_to,"  # noqa: S608 (two ints)
             " refs, thread_id, from_name, from_addr, to_addrs, cc_addrs, subject, date,"
-            " flags, seen, size, has_ch, ch_headers, sort_from, sort_subject, indexed)"
+            " flags, seen, size, has_ch, ch_headers, indexed)"
             f" VALUES ({int(folder_id)}, ?1, {int(uidvalidity)}, ?2, ?3, ?4, 0, ?5, ?6, ?7,"
             " ?8, ?9, ?10, ?11, instr(' ' || ?11 || ' ', ' \\Seen ') > 0, ?12, ?13 != '',"
-            " ?13, ?14, ?15, 0)"
+            " ?13, 0)"
             " ON CONFLICT (folder_id, uid) DO UPDATE SET flags = excluded.flags,"
             " seen = excluded.seen",
             rows,
@@ -161,15 +160,20 @@ class Ingest(LocalChanges):
                 " coalesce(body_text, '') FROM messages WHERE indexed = 0 AND id <= ?",
                 (top,),
             )
-            unthreaded = [r for r in rows if not r[4]]
-            tids = cache_threads.assign(
-                db, [cache_threads.thread_keys(r[1], r[2], r[3]) for r in unthreaded]
+            unthreaded = [r for r in rows if not r[4]]  # (rows stored before 0005 have one)
+            tids = iter(
+                cache_threads.assign(
+                    db, [cache_threads.thread_keys(r[1], r[2], r[3]) for r in unthreaded]
+                )
             )
             db.executemany(
-                "UPDATE messages SET thread_id = ?, indexed = 1 WHERE id = ?",
-                [(tid, r[0]) for r, tid in zip(unthreaded, tids, strict=True)],
-            )
-            if len(unthreaded) < len(rows):  # rows threaded before this pass existed
-                db.execute("UPDATE messages SET indexed = 1 WHERE indexed = 0 AND id <= ?", (top,))
+                "UPDATE messages SET thread_id = ?, sort_from = ?, sort_subject = ?, indexed = 1"
+                " WHERE id = ?",
+                [
+                    (r[4] or next(tids), (r[5] or r[6]).casefold(),
+                     cache_search.subject_key(r[7]), r[0])
+                    for r in rows
+                ],
+            )  # fmt: skip
         db.commit()
         return len(rows)

@@ -40,9 +40,11 @@ _LITERAL_END = re.compile(rb"\{(\d+)\+?\}$")
 _FETCH_START = re.compile(rb"[0-9]+ FETCH \(")
 # One message of a header sync in the order Dovecot (and most servers) answer the items
 # asked for; anything else takes the generic path and is parsed from the lines at the end.
+# (The regex stops before the field list: the rest of the line is found with bytes.find,
+# which does not step through it byte by byte.)
 _STREAM_ITEM = re.compile(
     rb"\* [0-9]+ FETCH \(UID ([0-9]+) FLAGS \(([^)]*)\) RFC822\.SIZE ([0-9]+) "
-    rb"BODY\[HEADER\.FIELDS \([^)]*\)\] \{([0-9]+)\}\r\n"
+    rb"BODY\[HEADER\.FIELDS \("
 )
 # take(uid, flags, size, header literal) -> True to pause reading
 Take = Callable[[int, bytes, int, bytes], bool]
@@ -213,17 +215,24 @@ class FastProtocol(_aio.IMAP4ClientProtocol):  # type: ignore[misc]
             m = match(buf, pos)
             if m is None:
                 return pos, False  # not the usual shape (or not a whole line yet)
-            size = int(m[4])
+            eol = buf.find(b"\r\n", m.end())
+            if eol < 0:
+                return pos, False  # not a whole line yet
+            brace = buf.rfind(b")] {", m.end(), eol)
+            digits = buf[brace + 4 : eol - 1]
+            if brace < 0 or buf[eol - 1] != 0x7D or not digits.isdigit():  # 0x7D: "}"
+                return pos, False
+            size = int(digits)
             if size > self.max_literal:
                 raise LiteralTooLarge(
                     f"The IMAP server announced a {size:,}-byte item, more than the "
                     f"{self.max_literal:,}-byte limit; the connection was closed."
                 )
-            start = m.end()
+            start = eol + 2
             stop = start + size
             if stop + 3 > end:
                 return pos, True
-            if buf[stop : stop + 3] != b")\r\n":
+            if not buf.startswith(b")\r\n", stop):
                 return pos, False  # more items after the literal: the generic path
             if take(int(m[1]), bytes(m[2]), int(m[3]), bytes(buf[start:stop])):
                 self._pause()
