@@ -12,11 +12,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from chmail import migrate
+from chmail import protocol as p
 from chmail.chserver.core import CHECKPOINT_EVERY
 from chmail.chserver.keys import ensure_data_dir
 from chmail.chserver.leasestore import LEASE_FILE, _json_list
 from chmail.chserver.store import DB_FILE
-from tests.fixtures.chserver import DEADLINE, ServerFactory
+from tests.fixtures.chserver import DEADLINE, RunningServer, ServerFactory
 from tests.test_chserver_cli import run
 
 OLD_ROW = (
@@ -81,3 +82,24 @@ async def test_lease_file_is_checkpointed_while_serving(
 def test_json_list_is_json_dumps(values: list[str]) -> None:
     """The lease rows' JSON lists are byte for byte what json.dumps writes."""
     assert _json_list(tuple(values)) == json.dumps(values)
+
+
+async def test_alloc_not_committed_is_answered_with_an_error(chserver: RunningServer) -> None:
+    """When table 2 cannot be written (another process holds its write lock) the alloc is
+    answered with an internal error, not a lease; the retry once the file is free is."""
+    await chserver.add_user("alice")
+    client = await chserver.raw("alice")
+    blocker = sqlite3.connect(chserver.data_dir / LEASE_FILE, isolation_level=None)
+    try:
+        blocker.execute("BEGIN IMMEDIATE")  # holds the write lock past the busy timeout
+        reply = await client.request(p.Alloc(message_id="<x@example.org>", recipients=["b@c.d"]))
+        assert isinstance(reply, p.Error), reply
+        assert reply.code == p.E_INTERNAL
+        blocker.execute("ROLLBACK")
+    finally:
+        blocker.close()
+    reply = await client.request(p.Alloc(message_id="<x@example.org>", recipients=["b@c.d"]))
+    assert isinstance(reply, p.Allocated), reply
+    stored = await chserver.store.lease(reply.port)
+    assert stored is not None
+    assert (stored.lease, stored.message_id) == (reply.lease, "<x@example.org>")

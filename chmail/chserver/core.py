@@ -101,8 +101,11 @@ class LeaseWriter:
         reserved = self.pool.reserved
         try:
             self.db.save(leases, reserved if reserved > self._on_disk else None)
-        except StoreError as exc:
-            log.error("%s", exc.message)
+        except Exception as exc:  # every waiting client gets an answer, whatever failed
+            if isinstance(exc, StoreError):
+                log.error("%s", exc.message)
+            else:
+                log.exception("writing table 2 failed")
             msg = "the server could not record the allocation; try again"
             for ctx, reply in waiting:
                 ctx.send(p.Error(code=p.E_INTERNAL, message=msg, id=getattr(reply, "id", None)))
