@@ -251,3 +251,32 @@ async def test_server_pings_a_quiet_client(chserver_factory: ServerFactory) -> N
         client.send(p.Ping(n=pings))
         pings += 1
         assert srv.server.is_online("alice")
+
+
+async def test_logins_and_allocs_beside_user_commands(chserver: RunningServer) -> None:
+    """Clients log in (table 1 writes) and allocate while `user add` runs in other
+    processes on the same database: nobody gets "database is locked"."""
+    from tests.test_chserver_cli import run
+
+    logins = [f"busy{i}" for i in range(40)]
+    for login in logins:
+        await chserver.add_user(login)
+
+    async def one(login: str) -> int:
+        async with chserver.link(login) as link:
+            chat = await link.alloc_port(f"<{login}@example.org>", ["x@example.org"])
+            return chat.port
+
+    async def add(i: int) -> tuple[int, str, str]:
+        return await run(
+            "user", "add", f"extra{i}", "--email", f"extra{i}@example.org",
+            "--password-stdin", "--data", str(chserver.data_dir), stdin="pw-extra\n",
+        )  # fmt: skip
+
+    adding = asyncio.gather(*(add(i) for i in range(3)))
+    ports = await asyncio.gather(*(one(x) for x in logins))
+    added = await adding
+    assert len(set(ports)) == len(logins)
+    for rc, _, err in added:
+        assert rc == 0, err
+    assert {f"extra{i}" for i in range(3)} <= await chserver.store.logins()
