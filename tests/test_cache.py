@@ -188,3 +188,20 @@ async def test_move_delete_and_uidvalidity_reset(cache: Cache) -> None:
     assert found is not None
     assert found.message_id == "<m1@example.org>"
     assert len(await cache.all_by_message_id("<m1@example.org>")) == 1
+
+
+async def test_ingest_sink_stages_batches_in_order_with_counts(cache: Cache) -> None:
+    """Batches given to ingest() all land (known UIDs only refresh flags), counts stay
+    right, and rows keep the order they were given in."""
+    f = await cache.upsert_folder("acc", "INBOX")
+    await cache.add_messages(f.id, [_msg(1), _msg(2)])
+    async with cache.ingest(f.id, uidvalidity=7) as sink:
+        for start in range(1, 50, 7):  # 7 batches, UIDs 1 and 2 again in the first
+            batch = [_msg(u, flags=("\\Seen",) if u % 2 else ()) for u in range(start, start + 7)]
+            assert await sink.add(batch) == 7
+    assert (await cache.count(f.id), await cache.unread(f.id)) == (49, 24)
+    rows = await cache.page(f.id, 0, 100, "date-asc")
+    assert [m.uid for m in rows] == list(range(1, 50))
+    assert rows[0].flags == frozenset({"\\Seen"})  # refreshed
+    assert rows[-1].uidvalidity == 7
+    assert [m.uid for m in await cache.search("subject")][:3] == [49, 48, 47]  # newest first

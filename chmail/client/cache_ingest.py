@@ -13,17 +13,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
+import logging
+import os
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import aiosqlite
 
-from chmail.client import cache_search, cache_threads
-from chmail.client.cache_local import LocalChanges, flags_text
+from chmail.client import cache_search, cache_stage, cache_threads
+from chmail.client.cache_local import LocalChanges
 from chmail.client.cache_models import SEEN, NewMessage
 from chmail.errors import StoreError
+
+log = logging.getLogger(__name__)
 
 _PENDING_SQL = (
     "SELECT id, message_id, refs, in_reply_to, thread_id, from_name, from_addr, subject"
@@ -31,11 +34,6 @@ _PENDING_SQL = (
 )
 
 _CHUNK = 500
-_cached_flags_text = functools.lru_cache(maxsize=256)(flags_text)  # few flag sets per mailbox
-
-
-def _flags_text(flags: Iterable[str]) -> str:
-    return _cached_flags_text(flags) if type(flags) is tuple else flags_text(flags)
 
 
 class Ingest(LocalChanges):
@@ -47,6 +45,58 @@ class Ingest(LocalChanges):
     def __init__(self, conn: aiosqlite.Connection, path: Path) -> None:
         super().__init__(conn, path)
         self._addr_backlog = []
+        self._stage: cache_stage.Stage | None = None
+
+    def ingest(self, folder_id: int, *, uidvalidity: int = 0) -> Sink:
+        """A sink for the header batches of one folder's sync: ``await sink.add(batch)``
+        returns once the batch is staged, while the previous one is still being moved in;
+        ``async with`` waits for all of them at the end."""
+        return Sink(self, folder_id, uidvalidity)
+
+    async def _staging(self) -> cache_stage.Stage | None:
+        """The stage, attached to the cache connection (None if that fails)."""
+        if self._stage is None:
+            stage = cache_stage.Stage(f"chmail-stage-{os.getpid()}-{id(self)}")
+            try:
+                async with self._write:
+                    await self.conn.commit()  # ATTACH needs no open transaction
+                    await self.conn.execute("ATTACH DATABASE ? AS stage", (stage.uri,))
+            except sqlite3.Error as exc:
+                log.warning("no staging (%s): batches are stored one by one", exc)
+                stage.close()
+                return None
+            self._stage = stage
+        return self._stage
+
+    async def _move(
+        self, folder_id: int, uidvalidity: int, slot: int, msgs: Sequence[NewMessage]
+    ) -> None:
+        async with self._write:
+            try:
+                await self.conn._execute(self._move_sync, folder_id, uidvalidity, slot)  # type: ignore[no-untyped-call]
+                self._addr_backlog.append(msgs)
+            except sqlite3.Error as exc:
+                await self.conn.rollback()
+                raise StoreError(
+                    f"The mail cache {self.path} could not be written: {exc}."
+                ) from exc
+            except BaseException:
+                await self.conn.rollback()
+                raise
+
+    def _move_sync(self, folder_id: int, uidvalidity: int, slot: int) -> None:
+        """Stage slot -> messages, on the SQLite thread: each statement is one step, so
+        the GIL is released for the whole of it."""
+        db: sqlite3.Connection = self.conn._conn
+        table = f"stage.s{int(slot)}"
+        new, unread = db.execute(cache_stage.counts_sql(folder_id, table)).fetchone()
+        db.execute(cache_stage.insert_sql(folder_id, uidvalidity, f"SELECT * FROM {table}"))  # noqa: S608
+        if new:
+            db.execute(
+                "UPDATE folders SET total = total + ?, unread = unread + ? WHERE id = ?",
+                (new, unread, folder_id),
+            )
+        db.commit()
 
     async def add_messages(
         self, folder_id: int, msgs: Sequence[NewMessage], *, uidvalidity: int = 0
@@ -89,16 +139,6 @@ class Ingest(LocalChanges):
         # Bound per row: what differs per row (13 values); the batch's folder and
         # UIDVALIDITY are integers written into the statement, seen / has_ch are derived
         # by SQLite from the flags and X-CH text (binding is most of the insert's cost).
-        # thread_id and the sort keys of the rarer sort orders wait for the indexing pass.
-        rows = [
-            (
-                m.uid, m.message_id, m.in_reply_to, " ".join(m.references),
-                m.from_name, m.from_addr, m.to, m.cc, m.subject, m.date,
-                _flags_text(m.flags), m.size,
-                "".join(f"{n}: {v}\n" for n, v in m.ch_headers) if m.ch_headers else "",
-            )
-            for m in msgs
-        ]  # fmt: skip
         db.executemany(
             "INSERT INTO messages (folder_id, uid, uidvalidity, message_id, in_reply_to,"  # noqa: S608 (two ints)
             " refs, thread_id, from_name, from_addr, to_addrs, cc_addrs, subject, date,"
@@ -108,7 +148,7 @@ class Ingest(LocalChanges):
             " ?13, 0)"
             " ON CONFLICT (folder_id, uid) DO UPDATE SET flags = excluded.flags,"
             " seen = excluded.seen",
-            rows,
+            cache_stage.rows(msgs),
         )
         if fresh:  # folder counts for the new rows, once (0003: no per-row trigger)
             unread = sum(1 for m in fresh if SEEN not in m.flags)
@@ -128,6 +168,9 @@ class Ingest(LocalChanges):
             with contextlib.suppress(Exception):
                 await self._indexer
         await super().close()
+        if self._stage is not None:
+            self._stage.close()
+            self._stage = None
 
     async def index_pending(self, limit: int = 0) -> int:
         """The pass over rows stored since the last one: thread ids, address book, search
@@ -177,3 +220,52 @@ class Ingest(LocalChanges):
             )  # fmt: skip
         db.commit()
         return len(rows)
+
+
+class Sink:
+    """See ``Ingest.ingest``. Batches are staged on the event loop's thread and moved
+    into the cache in order on the SQLite thread (cache_stage.py), two in flight at most;
+    if staging is unavailable, each batch is stored by ``add_messages``."""
+
+    def __init__(self, cache: Ingest, folder_id: int, uidvalidity: int) -> None:
+        self.cache = cache
+        self.folder_id = folder_id
+        self.uidvalidity = uidvalidity
+        self._moves: list[asyncio.Future[None] | None] = [None] * cache_stage.SLOTS
+        self._n = 0
+
+    async def add(self, msgs: Sequence[NewMessage]) -> int:
+        if not msgs:
+            return 0
+        stage = await self.cache._staging()
+        if stage is None:
+            return await self.cache.add_messages(self.folder_id, msgs, uidvalidity=self.uidvalidity)
+        slot = self._n % cache_stage.SLOTS
+        previous = self._moves[slot]
+        if previous is not None:
+            self._moves[slot] = None
+            await previous  # the move that read this slot is done (or raises)
+        try:
+            stage.put(slot, cache_stage.rows(msgs))
+        except sqlite3.Error as exc:
+            raise StoreError(f"The mail cache could not stage headers: {exc}.") from exc
+        self._moves[slot] = asyncio.ensure_future(
+            self.cache._move(self.folder_id, self.uidvalidity, slot, msgs)
+        )
+        self._n += 1
+        return len(msgs)
+
+    async def wait(self) -> None:
+        """Until every staged batch is in the cache (raises the first failure)."""
+        pending = [m for m in self._moves if m is not None]
+        self._moves = [None] * cache_stage.SLOTS
+        results = await asyncio.gather(*pending, return_exceptions=True)
+        for r in results:
+            if isinstance(r, BaseException):
+                raise r
+
+    async def __aenter__(self) -> Sink:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.wait()

@@ -100,7 +100,8 @@ async def search_ids(
         # cond holds only the fixed clauses above; every value is a bound parameter.
         sql = (
             "SELECT m.id FROM (SELECT rowid AS rid FROM messages_fts WHERE messages_fts MATCH ?"  # noqa: S608
-            f" ORDER BY rowid DESC) s JOIN messages m ON m.id = s.rid WHERE {cond} LIMIT ?"
+            f" ORDER BY rowid DESC) s JOIN messages m ON m.id = s.rid WHERE {cond}"
+            " ORDER BY s.rid DESC LIMIT ?"
         )
         params = [expr, *params, limit]
     elif where:

@@ -150,15 +150,14 @@ class Syncer:
         if progress:
             progress(0, len(new), name)
         done = 0
-        # Parsing and storing take turns (an IMAP backend pauses its reader while a batch
-        # is stored, the server's sending meanwhile lands in the kernel's buffer): sqlite3
-        # drops and retakes the GIL for every row, and next to a busy event loop each
-        # retake waits out the interpreter's switch interval (a GIL convoy).
-        async with contextlib.aclosing(self.backend.headers(name, new)) as batches:
+        # The backend parses a batch while the cache moves the previous one in (its
+        # reader pauses only while a batch is staged: cache_stage.py says why).
+        async with (
+            contextlib.aclosing(self.backend.headers(name, new)) as batches,
+            self.cache.ingest(folder.id, uidvalidity=state.uidvalidity) as sink,
+        ):
             async for batch in batches:
-                done += await self.cache.add_messages(
-                    folder.id, batch, uidvalidity=state.uidvalidity
-                )
+                done += await sink.add(batch)
                 if progress:
                     progress(done, len(new), name)
         res.new = done

@@ -106,9 +106,40 @@ def _people(raw: bytes) -> tuple[list[tuple[str, str]], str]:
     """``mime_headers._addrs`` (same shared cache), decoding with ``_plain``."""
     hit = _ADDR_CACHE.get(raw)
     if hit is None:
-        pairs = addresses(_plain(raw))
-        hit = (pairs, format_addresses(pairs) if pairs else "")
+        one = _one_person(raw)
+        if one is not None:
+            hit = ([one], f"{one[0]} <{one[1]}>" if one[0] else one[1])
+        else:
+            pairs = addresses(_plain(raw))
+            hit = (pairs, format_addresses(pairs) if pairs else "")
         if len(_ADDR_CACHE) >= _CACHE_MAX:
             _ADDR_CACHE.clear()
         _ADDR_CACHE[raw] = hit
     return hit
+
+
+_SPECIALS = frozenset(',"()\\<>:;')
+
+
+def _one_person(raw: bytes) -> tuple[str, str] | None:
+    """``Name <addr>`` (or ``<addr>``) without quotes, comments or commas, split before
+    decoding; None for any other shape (``mime_headers.addresses`` reads those)."""
+    start = raw.find(b"<")
+    if (
+        start < 0
+        or raw[-1:] != b">"
+        or raw.find(b"<", start + 1) >= 0
+        or raw.find(b">") != len(raw) - 1
+    ):
+        return None
+    if raw.find(b",") >= 0 or raw.find(b'"') >= 0 or raw.find(b"(") >= 0 or raw.find(b"\\") >= 0:
+        return None
+    if raw.find(b"\n") >= 0 or raw.find(b"\r") >= 0:  # (not from sync_message: no CR/LF)
+        return None
+    addr_raw = raw[start + 1 : -1]
+    if not addr_raw.isascii() or addr_raw.find(b"=?") >= 0 or addr_raw.find(b"\t") >= 0:
+        return None
+    name = _plain(raw[:start]) if start else ""
+    if not _SPECIALS.isdisjoint(name):
+        return None
+    return name, addr_raw.decode("ascii").strip()

@@ -1,0 +1,105 @@
+"""Header batches staged in memory, then moved into the cache by one statement.
+
+Why: sqlite3 drops the GIL only while SQLite works, once per row of an ``executemany``;
+on the SQLite thread next to a busy event loop every retake of the GIL waits out the
+interpreter's switch interval, so storing a batch while the next one is parsed was
+slower than taking turns. Here the event loop's thread binds the batch's rows into a
+small in-memory table (no index: binding is most of the cost, and it needs the GIL
+anyway), and the SQLite thread moves the whole table into ``messages`` with one
+``INSERT ... SELECT`` (indexes, B-tree, commit) without the GIL, while the loop parses
+the next batch.
+
+The memory database is SQLite's shared cache (``file:...?mode=memory&cache=shared``),
+attached to the cache connection as ``stage``. Two tables take turns: the loop fills one
+while the SQLite thread reads the other; only the loop writes the stage.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from chmail.client.cache_local import flags_text
+from chmail.client.cache_models import NewMessage
+
+COLS = (
+    "uid, message_id, in_reply_to, refs, from_name, from_addr, to_addrs, cc_addrs, subject,"
+    " date, flags, size, ch_headers"
+)
+SLOTS = 2
+_FLAGS: dict[tuple[str, ...], str] = {}  # few flag sets per mailbox
+
+
+def _flags_text(flags: Iterable[str]) -> str:
+    if type(flags) is not tuple:
+        return flags_text(flags)
+    text = _FLAGS.get(flags)
+    if text is None:
+        if len(_FLAGS) > 256:
+            _FLAGS.clear()
+        text = _FLAGS[flags] = flags_text(flags)
+    return text
+
+
+def rows(msgs: Sequence[NewMessage]) -> list[tuple[Any, ...]]:
+    """The values of ``COLS`` for each message."""
+    return [
+        (
+            m.uid, m.message_id, m.in_reply_to, " ".join(m.references),
+            m.from_name, m.from_addr, m.to, m.cc, m.subject, m.date,
+            _flags_text(m.flags), m.size,
+            "".join(f"{n}: {v}\n" for n, v in m.ch_headers) if m.ch_headers else "",
+        )
+        for m in msgs
+    ]  # fmt: skip
+
+
+def insert_sql(folder_id: int, uidvalidity: int, source: str) -> str:
+    """INSERT of ``COLS`` rows (``source``: ``VALUES (?1, ...)`` or a SELECT) into messages
+    of one folder; a known UID only refreshes its flags. thread_id and the sort keys wait
+    for the indexing pass (cache_ingest)."""
+    return (
+        "INSERT INTO messages (folder_id, uid, uidvalidity, message_id, in_reply_to,"  # noqa: S608 (ints)
+        " refs, thread_id, from_name, from_addr, to_addrs, cc_addrs, subject, date,"
+        " flags, seen, size, has_ch, ch_headers, indexed)"
+        f" SELECT {int(folder_id)}, uid, {int(uidvalidity)}, message_id, in_reply_to, refs, 0,"
+        " from_name, from_addr, to_addrs, cc_addrs, subject, date, flags,"
+        " instr(' ' || flags || ' ', ' \\Seen ') > 0, size, ch_headers != '', ch_headers, 0"
+        f" FROM ({source}) WHERE true"  # "WHERE": the upsert parse needs it after a SELECT
+        " ON CONFLICT (folder_id, uid) DO UPDATE SET flags = excluded.flags,"
+        " seen = excluded.seen"
+    )
+
+
+def counts_sql(folder_id: int, source: str) -> str:
+    """(new rows, new unread rows) among ``source``'s UIDs for the folder counts."""
+    return (
+        "SELECT count(*), coalesce(sum(instr(' ' || flags || ' ', ' \\Seen ') = 0), 0)"  # noqa: S608 (int)
+        f" FROM {source} WHERE uid NOT IN"
+        f" (SELECT uid FROM messages WHERE folder_id = {int(folder_id)})"
+    )
+
+
+class Stage:
+    """The in-memory staging tables (owned by the event loop's thread)."""
+
+    def __init__(self, name: str) -> None:
+        self.uri = f"file:{name}?mode=memory&cache=shared"
+        self.db = sqlite3.connect(self.uri, uri=True, isolation_level=None)
+        for slot in range(SLOTS):
+            self.db.execute(f"CREATE TABLE IF NOT EXISTS s{slot} ({COLS})")
+
+    def put(self, slot: int, values: list[tuple[Any, ...]]) -> None:
+        db = self.db
+        db.execute("BEGIN")
+        try:
+            db.execute(f"DELETE FROM s{slot}")  # noqa: S608 (a slot number)
+            db.executemany(f"INSERT INTO s{slot} VALUES ({', '.join('?' * 13)})", values)  # noqa: S608
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    def close(self) -> None:
+        self.db.close()
