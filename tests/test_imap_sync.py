@@ -322,6 +322,35 @@ async def test_tls_with_self_signed_ca(
     assert "INBOX" in names
 
 
+async def test_starttls_upgrades_and_checks_the_certificate(
+    mailstack: MailStack, dovecot: Dovecot, mail_user: MailUser, cache: Cache
+) -> None:
+    """STARTTLS on the plain IMAP port upgrades before login and syncs; a certificate the
+    client does not trust stops the login (no fallback to plain text)."""
+    import ssl
+
+    from chmail.errors import ConnectionLost
+
+    ctx = ssl.create_default_context()
+    ctx.load_verify_locations(str(dovecot.cert_path))
+    b = ImapBackend(mail_user.name, host="127.0.0.1", port=mailstack.imap_port,
+                    user=mail_user.name, password=mail_user.password, security="starttls",
+                    ssl_context=ctx)  # fmt: skip
+    await b.connect()
+    proto = b._proto()
+    assert proto.transport.get_extra_info("ssl_object") is not None
+    await b.append("INBOX", b"Subject: over tls\r\nMessage-ID: <tls1@x>\r\n\r\nx\r\n")
+    res = await Syncer(cache, b, mail_user.name).sync_folder("INBOX")
+    await b.close()
+    assert res.new == 1
+    untrusting = ImapBackend(
+        mail_user.name, host="127.0.0.1", port=mailstack.imap_port, user=mail_user.name,
+        password=mail_user.password, security="starttls", ssl_context=ssl.create_default_context(),
+    )  # fmt: skip
+    with pytest.raises(ConnectionLost):
+        await untrusting.connect()
+
+
 async def test_non_ascii_folder_names(
     mailstack: MailStack, mail_user: MailUser, cache: Cache
 ) -> None:

@@ -118,6 +118,18 @@ def _people(raw: bytes) -> tuple[list[tuple[str, str]], str]:
     return hit
 
 
+_NAMES: dict[bytes, str] = {}  # display names repeat more than whole addresses do
+
+
+def _name(raw: bytes) -> str:
+    name = _NAMES.get(raw)
+    if name is None:
+        if len(_NAMES) >= _CACHE_MAX:
+            _NAMES.clear()
+        name = _NAMES[raw] = _plain(raw)
+    return name
+
+
 _SPECIALS = frozenset(',"()\\<>:;')
 
 
@@ -139,7 +151,7 @@ def _one_person(raw: bytes) -> tuple[str, str] | None:
     addr_raw = raw[start + 1 : -1]
     if not addr_raw.isascii() or addr_raw.find(b"=?") >= 0 or addr_raw.find(b"\t") >= 0:
         return None
-    name = _plain(raw[:start]) if start else ""
+    name = _name(raw[:start]) if start else ""
     if not _SPECIALS.isdisjoint(name):
         return None
     return name, addr_raw.decode("ascii").strip()
