@@ -5,11 +5,13 @@
 1. Starts its own Dovecot, seeds ``--messages`` mails with MULTIAPPEND.
 2. The floor: the same ``UID FETCH 1:* (UID FLAGS RFC822.SIZE BODY.PEEK[HEADER.FIELDS ...])``
    over a plain asyncio socket, reading lines and literals and nothing else.
-3. chmail: Syncer.sync_folder("INBOX") into an empty cache: SELECT, UID SEARCH, batched
-   FETCH through aioimaplib (fixed reader), header parsing, SQLite store (rows, sort
-   indexes, threads, address book) -> ``sync_msgs_per_s``; then until the background
-   FTS indexing is also done -> ``sync_indexed_msgs_per_s``. Best of three runs each,
-   alternating with the bare FETCH, after a warm-up.
+3. chmail: Syncer.sync_folder("INBOX") into an empty cache: SELECT, UID SEARCH, one
+   streamed FETCH (messages parsed as they arrive, chmail/client/backends/imap_protocol.py),
+   batches staged in memory and moved into SQLite while the next is parsed
+   (chmail/client/cache_stage.py): rows, date index, folder counts -> ``sync_msgs_per_s``
+   (the folder is listable newest first); then until the pass after the store is also
+   done (threads, sort keys, address book, FTS) -> ``sync_indexed_msgs_per_s``. Best of
+   three runs each, alternating with the bare FETCH, after a warm-up.
 4. Search: ``--search-messages`` synthetic messages in a cache; p50 of a selective query
    (a rare name) and of a common word (in about half the mails), newest 50 hits each.
 
