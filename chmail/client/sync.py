@@ -21,10 +21,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import logging
 import random
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
 from chmail.client import mime
@@ -153,6 +154,7 @@ class Syncer:
         # The backend parses a batch while the cache moves the previous one in (its
         # reader pauses only while a batch is staged: cache_stage.py says why).
         async with (
+            _collector_paused(),
             contextlib.aclosing(self.backend.headers(name, new)) as batches,
             self.cache.ingest(folder.id, uidvalidity=state.uidvalidity) as sink,
         ):
@@ -380,6 +382,20 @@ class Syncer:
             if loop.time() - last_full >= self.interval:
                 await self.sync_all()
                 last_full = loop.time()
+
+
+@contextlib.asynccontextmanager
+async def _collector_paused() -> AsyncIterator[None]:
+    """The cyclic garbage collector waits while headers are fetched and stored: they make
+    tens of thousands of small acyclic objects, and its passes over them cost about 5 %
+    of a first sync; it runs again right after."""
+    paused = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if paused:
+            gc.enable()
 
 
 def _norm(flags: Iterable[str]) -> frozenset[str]:
