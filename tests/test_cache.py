@@ -205,3 +205,20 @@ async def test_ingest_sink_stages_batches_in_order_with_counts(cache: Cache) -> 
     assert rows[0].flags == frozenset({"\\Seen"})  # refreshed
     assert rows[-1].uidvalidity == 7
     assert [m.uid for m in await cache.search("subject")][:3] == [49, 48, 47]  # newest first
+
+
+async def test_concurrent_ingest_sinks_keep_their_folders_apart(cache: Cache) -> None:
+    """Syncs of several folders at once (more than the stage has tables for) each store
+    exactly their own batches."""
+    folders = [await cache.upsert_folder("acc", f"F{i}") for i in range(6)]
+    sinks = [cache.ingest(f.id) for f in folders]
+    for start in range(1, 40, 5):  # interleaved: every sink has moves in flight
+        for i, sink in enumerate(sinks):
+            batch = [_msg(u, subject=f"f{i} {u}") for u in range(start, start + 5)]
+            await sink.add(batch)
+    for sink in sinks:
+        await sink.wait()
+    for i, f in enumerate(folders):
+        rows = await cache.page(f.id, 0, 100, "date-asc")
+        assert [m.subject for m in rows] == [f"f{i} {u}" for u in range(1, 41)]
+        assert await cache.count(f.id) == 40

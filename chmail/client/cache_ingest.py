@@ -46,6 +46,8 @@ class Ingest(LocalChanges):
         super().__init__(conn, path)
         self._addr_backlog = []
         self._stage: cache_stage.Stage | None = None
+        self._stage_lock = asyncio.Lock()
+        self._stage_failed = False
 
     def ingest(self, folder_id: int, *, uidvalidity: int = 0) -> Sink:
         """A sink for the header batches of one folder's sync: ``await sink.add(batch)``
@@ -55,25 +57,27 @@ class Ingest(LocalChanges):
 
     async def _staging(self) -> cache_stage.Stage | None:
         """The stage, attached to the cache connection (None if that fails)."""
-        if self._stage is None:
-            stage = cache_stage.Stage(f"chmail-stage-{os.getpid()}-{id(self)}")
-            try:
-                async with self._write:
-                    await self.conn.commit()  # ATTACH needs no open transaction
-                    await self.conn.execute("ATTACH DATABASE ? AS stage", (stage.uri,))
-            except sqlite3.Error as exc:
-                log.warning("no staging (%s): batches are stored one by one", exc)
-                stage.close()
-                return None
-            self._stage = stage
+        async with self._stage_lock:
+            if self._stage is None and not self._stage_failed:
+                stage = cache_stage.Stage(f"chmail-stage-{os.getpid()}-{id(self)}")
+                try:
+                    async with self._write:
+                        await self.conn.commit()  # ATTACH needs no open transaction
+                        await self.conn.execute("ATTACH DATABASE ? AS stage", (stage.uri,))
+                except sqlite3.Error as exc:
+                    log.warning("no staging (%s): batches are stored one by one", exc)
+                    stage.close()
+                    self._stage_failed = True
+                    return None
+                self._stage = stage
         return self._stage
 
     async def _move(
-        self, folder_id: int, uidvalidity: int, slot: int, msgs: Sequence[NewMessage]
+        self, folder_id: int, uidvalidity: int, table: int, msgs: Sequence[NewMessage]
     ) -> None:
         async with self._write:
             try:
-                await self.conn._execute(self._move_sync, folder_id, uidvalidity, slot)  # type: ignore[no-untyped-call]
+                await self.conn._execute(self._move_sync, folder_id, uidvalidity, table)  # type: ignore[no-untyped-call]
                 self._addr_backlog.append(msgs)
             except sqlite3.Error as exc:
                 await self.conn.rollback()
@@ -84,11 +88,11 @@ class Ingest(LocalChanges):
                 await self.conn.rollback()
                 raise
 
-    def _move_sync(self, folder_id: int, uidvalidity: int, slot: int) -> None:
+    def _move_sync(self, folder_id: int, uidvalidity: int, table_no: int) -> None:
         """Stage slot -> messages, on the SQLite thread: each statement is one step, so
         the GIL is released for the whole of it."""
         db: sqlite3.Connection = self.conn._conn
-        table = f"stage.s{int(slot)}"
+        table = f"stage.s{int(table_no)}"
         new, unread = db.execute(cache_stage.counts_sql(folder_id, table)).fetchone()
         db.execute(cache_stage.insert_sql(folder_id, uidvalidity, f"SELECT * FROM {table}"))  # noqa: S608
         if new:
@@ -233,12 +237,18 @@ class Sink:
         self.uidvalidity = uidvalidity
         self._moves: list[asyncio.Future[None] | None] = [None] * cache_stage.SLOTS
         self._n = 0
+        self._stage: cache_stage.Stage | None = None
+        self._tables: list[int] | None = None
 
     async def add(self, msgs: Sequence[NewMessage]) -> int:
         if not msgs:
             return 0
-        stage = await self.cache._staging()
-        if stage is None:
+        if self._n == 0:
+            self._stage = await self.cache._staging()
+            self._tables = self._stage.lease() if self._stage is not None else None
+        stage, tables = self._stage, self._tables
+        if stage is None or tables is None:
+            self._n += 1
             return await self.cache.add_messages(self.folder_id, msgs, uidvalidity=self.uidvalidity)
         slot = self._n % cache_stage.SLOTS
         previous = self._moves[slot]
@@ -246,11 +256,11 @@ class Sink:
             self._moves[slot] = None
             await previous  # the move that read this slot is done (or raises)
         try:
-            stage.put(slot, cache_stage.rows(msgs))
+            stage.put(tables[slot], cache_stage.rows(msgs))
         except sqlite3.Error as exc:
             raise StoreError(f"The mail cache could not stage headers: {exc}.") from exc
         self._moves[slot] = asyncio.ensure_future(
-            self.cache._move(self.folder_id, self.uidvalidity, slot, msgs)
+            self.cache._move(self.folder_id, self.uidvalidity, tables[slot], msgs)
         )
         self._n += 1
         return len(msgs)
@@ -260,6 +270,9 @@ class Sink:
         pending = [m for m in self._moves if m is not None]
         self._moves = [None] * cache_stage.SLOTS
         results = await asyncio.gather(*pending, return_exceptions=True)
+        if self._stage is not None and self._tables is not None:
+            self._stage.give_back(self._tables)  # every move reading them is over
+            self._tables = None
         for r in results:
             if isinstance(r, BaseException):
                 raise r

@@ -10,8 +10,9 @@ anyway), and the SQLite thread moves the whole table into ``messages`` with one
 the next batch.
 
 The memory database is SQLite's shared cache (``file:...?mode=memory&cache=shared``),
-attached to the cache connection as ``stage``. Two tables take turns: the loop fills one
-while the SQLite thread reads the other; only the loop writes the stage.
+attached to the cache connection as ``stage``. Each sync in progress (one per folder,
+several accounts may sync at once) leases two of its tables, which take turns: the loop
+fills one while the SQLite thread reads the other; only the loop writes the stage.
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ COLS = (
     "uid, message_id, in_reply_to, refs, from_name, from_addr, to_addrs, cc_addrs, subject,"
     " date, flags, size, ch_headers"
 )
-SLOTS = 2
+SLOTS = 2  # tables per sync in progress
+TABLES = 8  # so four syncs can stage at once (a fifth stores its batches directly)
 _FLAGS: dict[tuple[str, ...], str] = {}  # few flag sets per mailbox
 
 
@@ -87,8 +89,21 @@ class Stage:
     def __init__(self, name: str) -> None:
         self.uri = f"file:{name}?mode=memory&cache=shared"
         self.db = sqlite3.connect(self.uri, uri=True, isolation_level=None)
-        for slot in range(SLOTS):
-            self.db.execute(f"CREATE TABLE IF NOT EXISTS s{slot} ({COLS})")
+        # All tables up front: creating one later would need the stage's schema lock,
+        # which a move in progress holds.
+        for table in range(TABLES):
+            self.db.execute(f"CREATE TABLE IF NOT EXISTS s{table} ({COLS})")
+        self.free = list(range(TABLES))
+
+    def lease(self) -> list[int] | None:
+        """SLOTS table numbers for one sync, or None when all are in use."""
+        if len(self.free) < SLOTS:
+            return None
+        taken, self.free = self.free[:SLOTS], self.free[SLOTS:]
+        return taken
+
+    def give_back(self, tables: list[int]) -> None:
+        self.free.extend(tables)
 
     def put(self, slot: int, values: list[tuple[Any, ...]]) -> None:
         db = self.db
