@@ -344,15 +344,57 @@ def from_wire(obj: Any) -> Message:
         if not check(value):
             raise RemoteProtocolError(f"field {name!r} of {t!r} has the wrong type", code=E_INVALID)
         kwargs[name] = float(value) if is_float else value
-    return cls(**kwargs)
+    return _build(cls, kwargs)
 
 
 _CHECKERS: dict[type[Message], tuple[tuple[str, Checker, bool], ...]] = {}
+# per class: its plain defaults and its default factories, or None: use ``__init__``
+_DEFAULTS: dict[type[Message], tuple[dict[str, Any], tuple[tuple[str, Any], ...]] | None] = {}
+
+
+def _defaults(cls: type[Message]) -> tuple[dict[str, Any], tuple[tuple[str, Any], ...]] | None:
+    if hasattr(cls, "__post_init__") or "__slots__" in cls.__dict__:
+        return None
+    plain: dict[str, Any] = {}
+    made: list[tuple[str, Any]] = []
+    for f in dataclasses.fields(cls):
+        if f.default is not dataclasses.MISSING:
+            plain[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            made.append((f.name, f.default_factory))
+        else:
+            return None  # a required field
+    return plain, tuple(made)
+
+
+def _build(cls: type[Message], kwargs: dict[str, Any]) -> Message:
+    """``cls(**kwargs)`` for checked fields, without the frozen dataclass's ``__init__``
+    (one ``object.__setattr__`` per field): the instance dict is filled at once. The
+    same object as ``cls(**kwargs)``: every field set, factories called per instance."""
+    if cls in _DEFAULTS:
+        spec = _DEFAULTS[cls]
+    else:
+        spec = _DEFAULTS[cls] = _defaults(cls)
+    if spec is None:
+        return cls(**kwargs)
+    msg = object.__new__(cls)
+    fields = msg.__dict__
+    fields.update(spec[0])
+    for name, factory in spec[1]:
+        if name not in kwargs:
+            fields[name] = factory()
+    fields.update(kwargs)
+    return msg
+
+
+# One packer for every frame: msgpack packs a map in one C call without giving up the
+# GIL (no ``default`` hook), so sharing it is safe; it saves building one per frame.
+_PACK = msgpack.Packer(use_bin_type=True).pack
 
 
 def encode(msg: Message, *, max_frame: int = DEFAULT_MAX_FRAME) -> bytes:
     """One message to one frame (length prefix + msgpack)."""
-    body: bytes = msgpack.packb(msg.to_wire(), use_bin_type=True)
+    body: bytes = _PACK(msg.to_wire())
     if len(body) > max_frame:
         raise LocalProtocolError(f"{msg.t} frame of {len(body)} bytes exceeds {max_frame}")
     return LENGTH.pack(len(body)) + body

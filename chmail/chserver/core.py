@@ -56,13 +56,16 @@ class LeaseWriter:
     """Group commit for table 2: nothing acknowledged is lost.
 
     An allocation is decided in memory (the pool), queued here with its reply, and the
-    reply is sent only once the lease is committed. The allocations that arrive in one
-    turn of the event loop are committed together, in one transaction, at the start of
-    the next turn (``call_soon``: no timer, a lone allocation is committed at once). The
-    commit runs on the event loop's thread, on a connection that only writes the lease
-    file (leasestore.py), so it costs tens of microseconds and waits for nobody. A new
-    block of lease numbers is reserved in the same transaction as the leases using it.
-    Every ``CHECKPOINT_EVERY`` commits the WAL is checkpointed in a worker thread.
+    reply is sent only once the lease is committed. The first read of a loop turn that
+    queued allocations commits them as soon as its frames are dispatched (``read_done``,
+    a read hook of the server: a lone allocation is answered without waiting for another
+    loop turn); allocations from later reads of the same turn are committed together,
+    in one transaction, at the start of the next turn (``call_soon``: no timer), so a
+    busy turn costs at most two commits. The commit runs on the event loop's thread, on
+    a connection that only writes the lease file (leasestore.py), so it costs tens of
+    microseconds and waits for nobody. A new block of lease numbers is reserved in the
+    same transaction as the leases using it. Every ``CHECKPOINT_EVERY`` commits the WAL
+    is checkpointed in a worker thread.
     """
 
     def __init__(self, db: LeaseStore, pool: PortPool) -> None:
@@ -72,6 +75,7 @@ class LeaseWriter:
         self._batch: dict[int, Lease] = {}
         self._waiting: list[tuple[Context, p.Message]] = []
         self._scheduled = False
+        self._inline_done = False  # this turn's inline commit has been used
         self._commits = 0  # since the last checkpoint
         self._checkpoint: asyncio.Future[None] | None = None
 
@@ -82,6 +86,12 @@ class LeaseWriter:
         if not self._scheduled:
             self._scheduled = True
             asyncio.get_running_loop().call_soon(self._commit)
+
+    def read_done(self) -> None:
+        """After one read's frames: commit (and answer) now, once per loop turn."""
+        if self._batch and not self._inline_done:
+            self._inline_done = True
+            self._save()
 
     async def flush(self) -> None:
         """Commit (and answer) every lease submitted so far."""
@@ -94,6 +104,10 @@ class LeaseWriter:
 
     def _commit(self) -> None:
         self._scheduled = False
+        self._inline_done = False
+        self._save()
+
+    def _save(self) -> None:
         if not self._batch:
             return
         leases, waiting = list(self._batch.values()), self._waiting
@@ -142,6 +156,7 @@ class Core:
         s.register("alloc", self.alloc)
         s.register("presence", self.presence)
         s.register_sync("alloc", self.alloc_now)
+        s.on_read_done(self.writer.read_done)
         s.extensions["core"] = self
 
         async def start() -> None:

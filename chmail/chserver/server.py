@@ -9,7 +9,8 @@ Rules (docs/protocol.md is normative):
   server does not handle, gets an ``error`` reply and the connection carries on.
 * Requests are dispatched by type through ``ChServer.handlers`` (type -> async
   handler); each runs in its own task so a slow one (argon2) blocks nobody, at most
-  ``MAX_INFLIGHT`` per connection.
+  ``MAX_INFLIGHT`` per connection. ``sync_handlers`` run inline; ``read_hooks`` run
+  after the frames of each read are dispatched.
 * Writes never wait: a client whose unread output passes ``max_write_buffer`` is
   dropped, so a client that stops reading cannot hold up anyone else.
 * Heartbeats: a connection silent (no complete frame) for ``heartbeat_timeout`` is
@@ -80,6 +81,8 @@ class _Link(asyncio.Protocol):
         for msg in ctx.conn.events():
             ctx.last_rx = asyncio.get_running_loop().time()
             self.server._dispatch(ctx, msg)
+        for hook in self.server.read_hooks:
+            hook()
 
     def eof_received(self) -> bool | None:
         return None  # close our side too
@@ -113,6 +116,7 @@ class ChServer:
         self.disconnect_hooks: list[Hook] = []
         self.start_hooks: list[LifeHook] = []
         self.stop_hooks: list[LifeHook] = []
+        self.read_hooks: list[Callable[[], None]] = []
         self.address: tuple[str, int] | None = None
         self.extensions: dict[str, Any] = {}  # name -> object, for extensions to share
         self._contexts: dict[int, Context] = {}
@@ -147,6 +151,11 @@ class ChServer:
     def on_disconnect(self, hook: Hook) -> None:
         """``await hook(ctx)`` after a connection is gone (ctx.login may be None)."""
         self.disconnect_hooks.append(hook)
+
+    def on_read_done(self, hook: Callable[[], None]) -> None:
+        """``hook()`` after the frames of one read from a connection are dispatched
+        (e.g. to commit what they queued and answer at once, without a loop turn)."""
+        self.read_hooks.append(hook)
 
     def on_start(self, hook: LifeHook) -> None:
         self.start_hooks.append(hook)
