@@ -75,18 +75,9 @@ class Ingest(LocalChanges):
     async def _move(
         self, folder_id: int, uidvalidity: int, table: int, msgs: Sequence[NewMessage]
     ) -> None:
-        async with self._write:
-            try:
-                await self.conn._execute(self._move_sync, folder_id, uidvalidity, table)  # type: ignore[no-untyped-call]
-                self._addr_backlog.append(msgs)
-            except sqlite3.Error as exc:
-                await self.conn.rollback()
-                raise StoreError(
-                    f"The mail cache {self.path} could not be written: {exc}."
-                ) from exc
-            except BaseException:
-                await self.conn.rollback()
-                raise
+        async with self.transaction() as conn:  # commits in _move_sync; rolls back on error
+            await conn._execute(self._move_sync, folder_id, uidvalidity, table)  # type: ignore[no-untyped-call]
+            self._addr_backlog.append(msgs)
 
     def _move_sync(self, folder_id: int, uidvalidity: int, table_no: int) -> None:
         """Stage slot -> messages, on the SQLite thread: each statement is one step, so
@@ -109,18 +100,9 @@ class Ingest(LocalChanges):
         Thread ids, addresses and the search index follow in ``index_pending()``."""
         if not msgs:
             return 0
-        async with self._write:
-            try:
-                await self.conn._execute(self._add_sync, folder_id, msgs, uidvalidity)  # type: ignore[no-untyped-call]
-                self._addr_backlog.append(msgs)
-            except sqlite3.Error as exc:
-                await self.conn.rollback()
-                raise StoreError(
-                    f"The mail cache {self.path} could not be written: {exc}."
-                ) from exc
-            except BaseException:
-                await self.conn.rollback()
-                raise
+        async with self.transaction() as conn:  # commits in _add_sync; rolls back on error
+            await conn._execute(self._add_sync, folder_id, msgs, uidvalidity)  # type: ignore[no-untyped-call]
+            self._addr_backlog.append(msgs)
         return len(msgs)
 
     def _add_sync(self, folder_id: int, msgs: Sequence[NewMessage], uidvalidity: int) -> None:

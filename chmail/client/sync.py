@@ -21,17 +21,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import json
 import logging
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
 from chmail.client import mime
 from chmail.client.backends.base import Backend
 from chmail.client.cache import Cache, Folder
 from chmail.client.cache_models import DELETED
+from chmail.client.gcpause import collector_paused
 from chmail.errors import ChmailError, ConnectionLost, MailError
 
 log = logging.getLogger(__name__)
@@ -153,15 +153,15 @@ class Syncer:
         done = 0
         # The backend parses a batch while the cache moves the previous one in (its
         # reader pauses only while a batch is staged: cache_stage.py says why).
-        async with (
-            _collector_paused(),
-            contextlib.aclosing(self.backend.headers(name, new)) as batches,
-            self.cache.ingest(folder.id, uidvalidity=state.uidvalidity) as sink,
-        ):
-            async for batch in batches:
-                done += await sink.add(batch)
-                if progress:
-                    progress(done, len(new), name)
+        with collector_paused():
+            async with (
+                contextlib.aclosing(self.backend.headers(name, new)) as batches,
+                self.cache.ingest(folder.id, uidvalidity=state.uidvalidity) as sink,
+            ):
+                async for batch in batches:
+                    done += await sink.add(batch)
+                    if progress:
+                        progress(done, len(new), name)
         res.new = done
         res.flags_changed = await self._sync_flags(folder, state.highestmodseq, cached, new)
         await self.cache.set_folder_state(
@@ -382,20 +382,6 @@ class Syncer:
             if loop.time() - last_full >= self.interval:
                 await self.sync_all()
                 last_full = loop.time()
-
-
-@contextlib.asynccontextmanager
-async def _collector_paused() -> AsyncIterator[None]:
-    """The cyclic garbage collector waits while headers are fetched and stored: they make
-    tens of thousands of small acyclic objects, and its passes over them cost about 5 %
-    of a first sync; it runs again right after."""
-    paused = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if paused:
-            gc.enable()
 
 
 def _norm(flags: Iterable[str]) -> frozenset[str]:

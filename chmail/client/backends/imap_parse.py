@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import functools
-import gc
 import logging
 import re
 from collections.abc import Iterable
@@ -18,6 +17,7 @@ from typing import Any
 
 from chmail.client.backends.imap_headers import sync_message
 from chmail.client.cache_models import NewMessage
+from chmail.client.gcpause import collector_paused
 from chmail.client.mime_headers import new_message
 
 log = logging.getLogger(__name__)
@@ -139,13 +139,8 @@ def parse_headers_response(lines: list[Any], wanted: set[int]) -> list[NewMessag
     """The messages of a header FETCH. The cyclic garbage collector is paused meanwhile:
     a batch allocates tens of thousands of small acyclic objects, and its full passes
     over them are pure overhead (it runs again right after)."""
-    paused = gc.isenabled()
-    gc.disable()
-    try:
+    with collector_paused():
         return _parse_headers(lines, wanted)
-    finally:
-        if paused:
-            gc.enable()
 
 
 def _parse_headers(lines: list[Any], wanted: set[int]) -> list[NewMessage]:

@@ -23,13 +23,15 @@ the reader competing with it for the GIL.
 from __future__ import annotations
 
 import asyncio
-import gc
+import contextlib
 import logging
 import re
 from collections.abc import Callable
 from typing import Any
 
 from aioimaplib import aioimaplib as _aio
+
+from chmail.client.gcpause import collector_paused
 
 log = logging.getLogger(__name__)
 
@@ -133,19 +135,14 @@ class FastProtocol(_aio.IMAP4ClientProtocol):  # type: ignore[misc]
         # A streamed FETCH makes tens of thousands of small acyclic objects; the cyclic
         # collector's passes over them are pure overhead, so it waits meanwhile.
         streaming = type(self.pending_async_commands.get("FETCH")) is StreamFetchCommand
-        collect = streaming and gc.isenabled()
-        if collect:
-            gc.disable()
         try:
-            self._consume()
+            with collector_paused() if streaming else contextlib.nullcontext():
+                self._consume()
         except LiteralTooLarge as exc:
             self.error = exc
             log.warning("%s", exc)
             if self.transport is not None:
                 self.transport.close()
-        finally:
-            if collect:
-                gc.enable()
         if self.pending_sync_command is not None:
             self.pending_sync_command.flush()
 
