@@ -24,7 +24,7 @@ import json
 import logging
 import os
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -112,8 +112,7 @@ class LeaseStore:
             if len(leases) == 1 and reserved is None:  # one statement: its own transaction
                 conn.execute(_SAVE_LEASE, _lease_row(leases[0]))
                 return
-            conn.execute("BEGIN IMMEDIATE")
-            try:
+            with _immediate(conn):
                 if len(leases) == 1:
                     conn.execute(_SAVE_LEASE, _lease_row(leases[0]))
                 else:
@@ -123,11 +122,6 @@ class LeaseStore:
                         conn.execute(_save_many(len(chunk)), args)
                 if reserved is not None:
                     conn.execute(_RAISE_COUNTER, (LEASE_COUNTER, reserved))
-                conn.execute("COMMIT")
-            except BaseException:
-                with contextlib.suppress(sqlite3.Error):
-                    conn.execute("ROLLBACK")
-                raise
         except sqlite3.Error as exc:
             raise StoreError(f"Table 2 could not be written to {self.path}: {exc}.") from exc
 
@@ -136,15 +130,9 @@ class LeaseStore:
         for ports this file already holds are kept as they are here."""
         conn = self._conn
         try:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
+            with _immediate(conn):
                 conn.executemany(_ADOPT_LEASE, rows)
                 conn.execute(_RAISE_COUNTER, (LEASE_COUNTER, reserved))
-                conn.execute("COMMIT")
-            except BaseException:
-                with contextlib.suppress(sqlite3.Error):
-                    conn.execute("ROLLBACK")
-                raise
         except sqlite3.Error as exc:
             raise StoreError(f"Moving table 2 into {self.path} failed: {exc}.") from exc
 
@@ -208,3 +196,16 @@ def _lease(r: Any) -> Lease:
         )
     except (ValueError, TypeError) as exc:
         raise StoreError(f"Table 2 holds a damaged row for port {r[0]!r}: {exc}.") from exc
+
+
+@contextlib.contextmanager
+def _immediate(conn: sqlite3.Connection) -> Iterator[None]:
+    """One BEGIN IMMEDIATE transaction: committed after the block, rolled back if it raised."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+        conn.execute("COMMIT")
+    except BaseException:
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("ROLLBACK")
+        raise
