@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from chmail import protocol as p
-from chmail.errors import RemoteProtocolError
+from chmail.errors import LocalProtocolError, RemoteProtocolError
 
 ids = st.integers(min_value=0, max_value=p.MAX_ID)
 text = st.text(max_size=40)
@@ -110,7 +110,7 @@ def test_every_message_type_decodes_to_what_its_constructor_makes(data: st.DataO
         msg = data.draw(st.builds(cls), label=t)
         try:
             frame = p.encode(msg)
-        except (p.LocalProtocolError, ValueError, TypeError, OverflowError):
+        except (LocalProtocolError, ValueError, TypeError, OverflowError):
             continue  # not encodable (too large, out-of-range int): nothing to decode
         try:
             got = p.decode_body(frame[p.LENGTH.size :])
