@@ -159,3 +159,33 @@ async def test_dovecot_stream_in_batches_and_stopping_half_way(
     await b.connect()
     assert len(await b.flags("INBOX")) == 3000
     await b.close()
+
+
+async def test_connect_cancelled_before_the_greeting_closes_its_socket() -> None:
+    """A connect cancelled while the server has not greeted yet (a hung server, the user
+    quitting) closes its socket at once instead of leaving it to the garbage collector."""
+    peers: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+    accepted = asyncio.Event()
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peers.append((reader, writer))
+        accepted.set()
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    try:
+        port = server.sockets[0].getsockname()[1]
+        b = ImapBackend(
+            "u", host="127.0.0.1", port=port, user="u", password="p", security="plain", timeout=30
+        )
+        task = asyncio.ensure_future(b.connect())
+        await asyncio.wait_for(accepted.wait(), 10)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        assert not b.connected
+        assert await asyncio.wait_for(peers[0][0].read(), 10) == b""  # the server sees EOF
+    finally:
+        for _, writer in peers:
+            writer.close()
+        server.close()
+        await server.wait_closed()

@@ -124,6 +124,9 @@ class ImapBackend:
                 await self._starttls()
             pw = self._password if isinstance(self._password, str) else await self._password()
             res = await self._guard(client.login(quote(self.user), pw))
+        except asyncio.CancelledError:
+            await self._drop(client)  # also a connection still being made: never leak it
+            raise
         except (OSError, TimeoutError, ssl.SSLError, _aio.AioImapException) as exc:
             await self._drop(client)
             raise ConnectionLost(
@@ -169,8 +172,7 @@ class ImapBackend:
         except (OSError, TimeoutError, _aio.AioImapException, asyncio.CancelledError):
             pass
         finally:
-            if client.protocol.transport is not None:
-                client.protocol.transport.close()
+            await self._drop(client)  # the socket, or the connection still being made
 
     async def _guard(self, coro: Awaitable[T]) -> T:
         """Run one command; drop the connection after ``timeout`` s without a byte."""
