@@ -162,18 +162,9 @@ class Ingest(LocalChanges):
         """The pass over rows stored since the last one: thread ids, address book, search
         index; returns how many rows. Sync starts it after storing headers (index_soon);
         ``limit`` bounds one call (0: all)."""
-        async with self._write:
+        async with self.transaction() as conn:  # commits in _index_sync; rolls back on error
             backlog, self._addr_backlog = self._addr_backlog, []
-            try:
-                n: int = await self.conn._execute(self._index_sync, limit, backlog)  # type: ignore[no-untyped-call]
-            except sqlite3.Error as exc:
-                await self.conn.rollback()
-                raise StoreError(
-                    f"The mail cache {self.path} could not be written: {exc}."
-                ) from exc
-            except BaseException:
-                await self.conn.rollback()
-                raise
+            n: int = await conn._execute(self._index_sync, limit, backlog)  # type: ignore[no-untyped-call]
         return n
 
     def _index_sync(self, limit: int, backlog: list[Sequence[NewMessage]]) -> int:
