@@ -6,6 +6,7 @@ import dataclasses
 import random
 import time
 
+import msgpack
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -119,3 +120,57 @@ def test_every_message_type_decodes_to_what_its_constructor_makes(data: st.DataO
         fields = {f.name: getattr(got, f.name) for f in dataclasses.fields(cls)}
         assert type(got) is cls
         assert got == cls(**fields) == msg
+
+
+# -- the fast decode of the hot frames (msgspec) against the general path
+
+packable_ints = st.integers(min_value=-(2**63), max_value=2**64 - 1)
+values = st.one_of(
+    st.none(),
+    st.booleans(),
+    packable_ints,
+    st.sampled_from([p.MAX_ID, p.MAX_ID + 1, -p.MAX_ID, -p.MAX_ID - 1]),
+    st.floats(allow_nan=False),
+    text,
+    st.binary(max_size=8),
+    st.lists(st.one_of(text, packable_ints, st.binary(max_size=4)), max_size=3),
+    st.dictionaries(text, st.booleans(), max_size=2),
+)
+field_names = st.sampled_from(
+    ["id", "n", "message_id", "recipients", "thread", "context", "login", "port", "host",
+     "lease", "expires", "sig", "code", "message", "extra"]
+)  # fmt: skip
+
+
+@given(
+    t=st.sampled_from([*p.FAST_TYPES, "auth", "nope"]),
+    fields=st.dictionaries(field_names, values, max_size=6),
+)
+@settings(max_examples=600, deadline=None)
+def test_fast_decode_gives_the_general_paths_message(t: str, fields: dict[str, object]) -> None:
+    """A frame the fast (msgspec) decoder takes decodes to what the general path gives."""
+    body = msgpack.packb({"t": t, **fields}, use_bin_type=True)
+    fast = p.decode_fast(body)
+    if fast is None:
+        return
+    assert t in p.FAST_TYPES
+    assert fast == p.decode_body(body)
+    assert type(fast) is type(p.decode_body(body))
+
+
+@given(msg=messages)
+@settings(max_examples=300, deadline=None)
+def test_frames_are_packed_as_msgpack_packs_them(msg: p.Message) -> None:
+    """encode() gives the bytes msgpack's Packer(use_bin_type=True) gives for the map."""
+    body = msgpack.Packer(use_bin_type=True).pack(msg.to_wire())
+    assert p.encode(msg) == p.LENGTH.pack(len(body)) + body
+
+
+@given(id=ids, lease=ids, expires=ids, login=text, host=text, sig=text, context=text)
+@settings(max_examples=200, deadline=None)
+def test_allocated_frame_is_the_encoded_message(
+    id: int, lease: int, expires: int, login: str, host: str, sig: str, context: str
+) -> None:
+    """allocated_frame() gives the same bytes as encode(Allocated(...))."""
+    kw = dict(id=id, login=login, port=7000, host=host, lease=lease, expires=expires, sig=sig)
+    assert p.allocated_frame(**kw, context=context) == p.encode(p.Allocated(**kw, context=context))
