@@ -204,3 +204,12 @@ def test_encoded_newline_refused_even_after_decoding() -> None:
         msg = email.message_from_bytes(raw, policy=policy)
         with pytest.raises(HeaderError):
             h.parse((k, str(v)) for k, v in msg.items())
+
+
+def test_signature_is_the_signed_links_sig_value() -> None:
+    """signature() (values checked by the caller) gives the X-CH-Sig value sign() makes."""
+    for kw in ({}, {"context": "campaign=c1; member=m2"}, {"host": "CH.Example.NET", "lease": 9}):
+        link = make(**kw)
+        args = dict(login=link.login, port=link.port, host=link.host, lease=link.lease)
+        sig = h.signature(KEY, **args, expires=link.expires, message_id=MID, context=link.context)
+        assert sig == link.sig

@@ -83,6 +83,13 @@ class Context:
             return False
         return self._write(data)
 
+    def send_frame(self, frame: bytes) -> bool:
+        """Queue an encoded frame of a message the server may send (for instance
+        ``protocol.allocated_frame``); False as for :meth:`send`."""
+        if self.closed or self.conn.state is p.State.CLOSED:
+            return False
+        return self._write(frame)
+
     def _write(self, data: bytes) -> bool:
         self.transport.write(data)
         self.last_tx = asyncio.get_running_loop().time()

@@ -73,16 +73,17 @@ class LeaseWriter:
         self.pool = pool
         self._on_disk = db.reserved()  # lease_reserved as committed
         self._batch: dict[int, Lease] = {}
-        self._waiting: list[tuple[Context, p.Message]] = []
+        self._waiting: list[tuple[Context, int, bytes]] = []  # (ctx, request id, reply)
         self._scheduled = False
         self._inline_done = False  # this turn's inline commit has been used
         self._commits = 0  # since the last checkpoint
         self._checkpoint: asyncio.Future[None] | None = None
 
-    def submit(self, lease: Lease, ctx: Context, reply: p.Message) -> None:
-        """Commit ``lease`` with this turn's batch, then send ``reply`` on ``ctx``."""
+    def submit(self, lease: Lease, ctx: Context, req_id: int, reply: bytes) -> None:
+        """Commit ``lease`` with this turn's batch, then send the frame ``reply`` on
+        ``ctx`` (or, if the commit fails, an ``error`` answering ``req_id``)."""
         self._batch[lease.port] = lease
-        self._waiting.append((ctx, reply))
+        self._waiting.append((ctx, req_id, reply))
         if not self._scheduled:
             self._scheduled = True
             asyncio.get_running_loop().call_soon(self._commit)
@@ -121,12 +122,12 @@ class LeaseWriter:
             else:
                 log.exception("writing table 2 failed")
             msg = "the server could not record the allocation; try again"
-            for ctx, reply in waiting:
-                ctx.send(p.Error(code=p.E_INTERNAL, message=msg, id=getattr(reply, "id", None)))
+            for ctx, req_id, _ in waiting:
+                ctx.send(p.Error(code=p.E_INTERNAL, message=msg, id=req_id))
             return
         self._on_disk = max(self._on_disk, reserved)
-        for ctx, reply in waiting:
-            ctx.send(reply)
+        for ctx, _, reply in waiting:
+            ctx.send_frame(reply)
         self._commits += 1
         if self._commits >= CHECKPOINT_EVERY and self._checkpoint is None:
             self._commits = 0
@@ -149,6 +150,7 @@ class Core:
             max(1, cfg.login_lockout_failures), max(0.0, cfg.login_lockout_minutes) * 60
         )
         self._users_removed = 0
+        self._public_host: str | None = None  # server.public_host once checked (links carry it)
 
     def install(self) -> None:
         s = self.server
@@ -283,7 +285,7 @@ class Core:
         pool = self.server.pool
         if pool.needs_reservation():  # committed with this lease, before any reply
             pool.reserved = pool.next_lease + LEASE_BLOCK - 1
-        host = ctx.host if ctx.direct and ctx.host else self.server.public_host
+        host = ctx.host if ctx.direct and ctx.host else self._checked_public_host()
         grant = pool.alloc(
             login=login,
             host=host,
@@ -294,7 +296,10 @@ class Core:
             now=int(time.time()),
         )
         lease = grant.lease
-        link = headers.sign(
+        # Every value of the link is checked already: the login at auth (valid_login),
+        # the host at auth (check_host) or by _checked_public_host, the Message-ID and
+        # context above; the pool's ports are 1-65535 and its lease numbers start at 1.
+        sig = headers.signature(
             self.server.key,
             login=login,
             port=lease.port,
@@ -308,18 +313,32 @@ class Core:
             log.info(
                 "port %d recycled: lease %d -> %d", lease.port, grant.recycled_from, lease.lease
             )
-        reply = p.Allocated(
+        reply = p.allocated_frame(
             id=msg.id,
             login=login,
-            port=link.port,
-            host=link.host,
-            lease=link.lease,
-            expires=link.expires,
-            sig=link.sig,
-            context=link.context,
+            port=lease.port,
+            host=lease.host,
+            lease=lease.lease,
+            expires=grant.expires,
+            sig=sig,
+            context=context,
         )
-        self.writer.submit(lease, ctx, reply)  # answered once committed
+        self.writer.submit(lease, ctx, msg.id, reply)  # answered once committed
         return None
+
+    def _checked_public_host(self) -> str:
+        host = self.server.public_host
+        if host != self._public_host:
+            try:
+                headers.check_host(host)
+            except HeaderError as exc:
+                log.error("the server's public host: %s", exc.message)
+                raise ValidationError(
+                    "the server's public host name is not valid; tell its operator",
+                    code=p.E_INTERNAL,
+                ) from None
+            self._public_host = host
+        return host
 
     async def presence(self, ctx: Context, msg: p.Presence) -> p.Message | None:
         """Online state of related logins; everyone else reads as offline (access.py)."""
