@@ -17,10 +17,9 @@ Rules:
 
 from __future__ import annotations
 
-import dataclasses
 from collections import OrderedDict
 from collections.abc import Iterable
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from chmail.headers import LeaseRecord
 
@@ -28,8 +27,10 @@ LEASE_BLOCK = 1024  # lease numbers reserved on disk at a time
 MAX_MESSAGE_IDS = 100_000  # per lease; a thread longer than this starts a new lease
 
 
-@dataclass(frozen=True, slots=True)
-class Lease:
+class Lease(NamedTuple):
+    """One row of table 2 (immutable; a named tuple: built several times faster than a
+    frozen dataclass, once per allocation)."""
+
     port: int
     login: str
     host: str
@@ -71,8 +72,7 @@ class Lease:
         }
 
 
-@dataclass(frozen=True, slots=True)
-class Grant:
+class Grant(NamedTuple):
     """The outcome of one allocation: the lease, and the expiry of this mail's link."""
 
     lease: Lease
@@ -196,21 +196,12 @@ class PortPool:
         else:
             port, old = next(iter(self._leases.items()))
             recycled_from = old.lease
+        # positional (the field order of Lease): half the cost of keywords, per alloc
         lease = Lease(
-            port=port,
-            login=login,
-            host=host,
-            lease=number,
-            message_id=message_id,
-            message_ids=(message_id,),
-            recipients=rcpts,
-            context=context,
-            allocated_at=now,
-            updated_at=now,
-            expires=expires,
+            port, login, host, number, message_id, (message_id,), rcpts, context, now, now, expires
         )
         self._put(lease)
-        return Grant(lease, expires, reused=False, recycled_from=recycled_from)
+        return Grant(lease, expires, False, recycled_from)
 
     def _reuse(
         self, lease: Lease, message_id: str, rcpts: tuple[str, ...], now: int, expires: int
@@ -223,8 +214,7 @@ class PortPool:
                 message_id,
             )
         )
-        new = dataclasses.replace(
-            lease,
+        new = lease._replace(
             message_ids=mids,
             recipients=tuple(dict.fromkeys((*lease.recipients, *rcpts))),
             updated_at=now,
