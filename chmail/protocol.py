@@ -636,6 +636,11 @@ class Connection:
         while self._events:
             yield self._events.pop(0)
 
+    def take_events(self) -> list[Message]:
+        """Every message received and not yet taken, in order (at once: no generator)."""
+        events, self._events = self._events, []
+        return events
+
     def _accept(self, msg: Message) -> Message:
         if self.state is State.AWAIT_HELLO:
             if not isinstance(msg, Hello):

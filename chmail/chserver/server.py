@@ -78,11 +78,16 @@ class _Link(asyncio.Protocol):
             log.debug("conn %d: %s", ctx.id, exc)
             ctx.fail(exc.code, exc.message)
             return
-        for msg in ctx.conn.events():
-            ctx.last_rx = asyncio.get_running_loop().time()
-            self.server._dispatch(ctx, msg)
-        for hook in self.server.read_hooks:
-            hook()
+        server = self.server
+        events = ctx.conn.take_events()
+        try:
+            if events:
+                ctx.last_rx = asyncio.get_running_loop().time()
+            for msg in events:
+                server._dispatch(ctx, msg)
+        finally:  # whatever happened, what the frames queued is not left waiting
+            for hook in server.read_hooks:
+                hook()
 
     def eof_received(self) -> bool | None:
         return None  # close our side too
@@ -260,6 +265,29 @@ class ChServer:
                 log.exception("disconnect hook failed")
 
     def _dispatch(self, ctx: Context, msg: p.Message) -> None:
+        # sync handlers first: the hot requests (alloc) skip the checks below. Unknown and
+        # Rejected have no ``t`` of their own ("": no handler), so they never get here.
+        fast = self.sync_handlers.get(msg.t)
+        if fast is not None:
+            try:
+                reply = fast(ctx, msg)
+            except Defer:
+                pass
+            except ChmailError as exc:
+                ctx.send(p.Error(code=exc.code, message=exc.message, id=getattr(msg, "id", None)))
+                return
+            except Exception:
+                log.exception("conn %d: %s handler failed", ctx.id, msg.t)
+                ctx.send(
+                    p.Error(
+                        code=p.E_INTERNAL, message="the server failed", id=getattr(msg, "id", None)
+                    )
+                )
+                return
+            else:
+                if reply is not None:
+                    ctx.send(reply)
+                return
         if isinstance(msg, p.Ping):
             ctx.send(p.Pong(n=msg.n))
             return
@@ -274,23 +302,6 @@ class ChServer:
         if isinstance(msg, p.Rejected):
             ctx.send(p.Error(code=msg.code, message=msg.reason, id=msg.id))
             return
-        fast = None if isinstance(msg, p.Unknown) else self.sync_handlers.get(msg.t)
-        if fast is not None:
-            try:
-                reply = fast(ctx, msg)
-            except Defer:
-                pass
-            except ChmailError as exc:
-                ctx.send(p.Error(code=exc.code, message=exc.message, id=req_id))
-                return
-            except Exception:
-                log.exception("conn %d: %s handler failed", ctx.id, msg.t)
-                ctx.send(p.Error(code=p.E_INTERNAL, message="the server failed", id=req_id))
-                return
-            else:
-                if reply is not None:
-                    ctx.send(reply)
-                return
         handler = None if isinstance(msg, p.Unknown) else self.handlers.get(msg.t)
         if handler is None:
             name = msg.type_name if isinstance(msg, p.Unknown) else msg.t
