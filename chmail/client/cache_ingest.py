@@ -38,9 +38,9 @@ _CHUNK = 500
 
 class Ingest(LocalChanges):
     _indexer: asyncio.Task[int] | None = None
-    # Batches whose addresses the next pass adds to the address book (kept in memory:
-    # a crash before the pass costs only some completion entries).
-    _addr_backlog: list[Sequence[NewMessage]]
+    # Addresses of stored batches that the next pass adds to the address book (kept in
+    # memory: a crash before the pass costs only some completion entries).
+    _addr_backlog: list[tuple[str, str]]
 
     def __init__(self, conn: aiosqlite.Connection, path: Path) -> None:
         super().__init__(conn, path)
@@ -63,7 +63,8 @@ class Ingest(LocalChanges):
                 try:
                     async with self._write:
                         await self.conn.commit()  # ATTACH needs no open transaction
-                        await self.conn.execute("ATTACH DATABASE ? AS stage", (stage.uri,))
+                        for sql, args in stage.attach_sql():
+                            await self.conn.execute(sql, args)
                 except sqlite3.Error as exc:
                     log.warning("no staging (%s): batches are stored one by one", exc)
                     stage.close()
@@ -77,13 +78,13 @@ class Ingest(LocalChanges):
     ) -> None:
         async with self.transaction() as conn:  # commits in _move_sync; rolls back on error
             await conn._execute(self._move_sync, folder_id, uidvalidity, table)  # type: ignore[no-untyped-call]
-            self._addr_backlog.append(msgs)
+            self._addr_backlog += cache_search.address_pairs(msgs)
 
     def _move_sync(self, folder_id: int, uidvalidity: int, table_no: int) -> None:
         """Stage slot -> messages, on the SQLite thread: each statement is one step, so
         the GIL is released for the whole of it."""
         db: sqlite3.Connection = self.conn._conn
-        table = f"stage.s{int(table_no)}"
+        table = cache_stage.Stage.table(table_no)
         new, unread = db.execute(cache_stage.counts_sql(folder_id, table)).fetchone()
         db.execute(cache_stage.insert_sql(folder_id, uidvalidity, f"SELECT * FROM {table}"))  # noqa: S608
         if new:
@@ -102,7 +103,7 @@ class Ingest(LocalChanges):
             return 0
         async with self.transaction() as conn:  # commits in _add_sync; rolls back on error
             await conn._execute(self._add_sync, folder_id, msgs, uidvalidity)  # type: ignore[no-untyped-call]
-            self._addr_backlog.append(msgs)
+            self._addr_backlog += cache_search.address_pairs(msgs)
         return len(msgs)
 
     def _add_sync(self, folder_id: int, msgs: Sequence[NewMessage], uidvalidity: int) -> None:
@@ -167,10 +168,10 @@ class Ingest(LocalChanges):
             n: int = await conn._execute(self._index_sync, limit, backlog)  # type: ignore[no-untyped-call]
         return n
 
-    def _index_sync(self, limit: int, backlog: list[Sequence[NewMessage]]) -> int:
+    def _index_sync(self, limit: int, backlog: list[tuple[str, str]]) -> int:
         db: sqlite3.Connection = self.conn._conn  # runs on aiosqlite's own thread
-        for msgs in backlog:
-            cache_search.note_addresses_sync(db, msgs)
+        if backlog:
+            cache_search.note_pairs_sync(db, backlog)
         rows = db.execute(_PENDING_SQL, (limit or -1,)).fetchall()
         if rows:
             top = rows[-1][0]

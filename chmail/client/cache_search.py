@@ -113,15 +113,16 @@ async def search_ids(
         return [r[0] for r in await cur.fetchall()]
 
 
-async def note_addresses(db: aiosqlite.Connection, msgs: Sequence[NewMessage]) -> None:
-    """Count the addresses of newly synced messages for completion (one row each)."""
+def address_pairs(msgs: Sequence[NewMessage]) -> list[tuple[str, str]]:
+    """The (name, address) pairs of newly synced messages, for ``note_pairs_sync``: kept
+    instead of the messages themselves, so a synced batch is freed once it is stored."""
     pairs: list[tuple[str, str]] = []
     for m in msgs:
         if m.addresses:
             pairs.extend(m.addresses)
         elif m.from_addr:
             pairs.append((m.from_name, m.from_addr))
-    await note_pairs(db, pairs, weight=1)
+    return pairs
 
 
 _NOTE_SQL = (
@@ -133,11 +134,8 @@ _NOTE_SQL = (
 )
 
 
-def note_addresses_sync(db: sqlite3.Connection, msgs: Sequence[NewMessage]) -> None:
-    """note_addresses for code already on the SQLite thread."""
-    pairs: list[tuple[str, str]] = []
-    for m in msgs:
-        pairs.extend(m.addresses or [(m.from_name, m.from_addr)])
+def note_pairs_sync(db: sqlite3.Connection, pairs: list[tuple[str, str]]) -> None:
+    """Count addresses for completion (one row each), on the SQLite thread."""
     db.executemany(_NOTE_SQL, _aggregate(pairs, 1))
 
 
