@@ -437,6 +437,11 @@ class FrameDecoder:
 
     def feed(self, data: bytes) -> Iterator[bytes]:
         """Add ``data``; yield each complete frame body. Raises FrameTooLarge early."""
+        if not self._buf and len(data) > LENGTH.size:  # the common case: one whole frame
+            (n,) = LENGTH.unpack_from(data)
+            if len(data) == LENGTH.size + n and n <= self.max_frame:
+                yield bytes(data[LENGTH.size :])
+                return
         self._buf += data
         while True:
             if len(self._buf) < LENGTH.size:

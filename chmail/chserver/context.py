@@ -37,6 +37,7 @@ class Context:
         "last_rx",
         "last_tx",
         "login",
+        "loop",
         "peer_ip",
         "server",
         "transport",
@@ -55,7 +56,9 @@ class Context:
         self.closed = False
         self.authenticating = False
         self.auth_failures = 0
-        now = asyncio.get_running_loop().time()
+        # the loop, kept: asyncio.get_running_loop() costs a getpid() system call (3.11)
+        self.loop = asyncio.get_running_loop()
+        now = self.loop.time()
         self.last_rx = now
         self.last_tx = now
         self.data: dict[str, Any] = {}  # per-connection state of extensions
@@ -92,7 +95,7 @@ class Context:
 
     def _write(self, data: bytes) -> bool:
         self.transport.write(data)
-        self.last_tx = asyncio.get_running_loop().time()
+        self.last_tx = self.loop.time()
         if self.transport.get_write_buffer_size() > self.server.config.max_write_buffer:
             log.info("conn %d (%s): not reading its data; dropped", self.id, self.login)
             self.abort()

@@ -86,7 +86,7 @@ class LeaseWriter:
         self._waiting.append((ctx, req_id, reply))
         if not self._scheduled:
             self._scheduled = True
-            asyncio.get_running_loop().call_soon(self._commit)
+            ctx.loop.call_soon(self._commit)
 
     def read_done(self) -> None:
         """After one read's frames: commit (and answer) now, once per loop turn."""

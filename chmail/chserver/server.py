@@ -95,7 +95,7 @@ class _Link(asyncio.BufferedProtocol):
         events = ctx.conn.take_events()
         try:
             if events:
-                ctx.last_rx = asyncio.get_running_loop().time()
+                ctx.last_rx = ctx.loop.time()
             for msg in events:
                 server._dispatch(ctx, msg)
         finally:  # whatever happened, what the frames queued is not left waiting
