@@ -8,7 +8,9 @@ Rules:
   ``plain``, which is allowed only to a loopback host.
 * Header sync fetches ``UID FLAGS RFC822.SIZE BODY.PEEK[HEADER.FIELDS (...)]`` with one
   command per ``FETCH_SPAN`` UIDs; messages are parsed as they arrive and handed out in
-  batches of ``batch``, reading paused while the caller stores one (imap_protocol.py).
+  batches of ``batch``, reading paused while the caller stores one (imap_protocol.py);
+  a FETCH of ``worker_min`` messages or more is parsed in a helper process while the loop
+  reads on and stores (parse_worker.py).
   With CONDSTORE (RFC 7162) flag sync asks only for what changed.
 * Every aioimaplib or socket error leaves here as MailError / ConnectionLost.
 """
@@ -23,6 +25,7 @@ from typing import Any, TypeVar
 
 from aioimaplib import aioimaplib as _aio
 
+from chmail.client.backends import parse_worker
 from chmail.client.backends.base import FolderInfo, FolderState, role_of
 from chmail.client.backends.imap_parse import (
     _APPENDUID,
@@ -43,6 +46,7 @@ from chmail.client.backends.imap_parse import (
     utf7_decode,
 )
 from chmail.client.backends.imap_protocol import FastIMAP4, FastProtocol, StreamFetchCommand
+from chmail.client.backends.parse_worker import WORKER_MIN, WorkerBatches
 from chmail.client.cache_models import NewMessage
 from chmail.client.mime_headers import SYNC_FIELDS
 from chmail.errors import AuthError, ConfigError, ConnectionLost, MailError
@@ -73,6 +77,8 @@ class ImapBackend:
         timeout: float = 30.0,
         ssl_context: ssl.SSLContext | None = None,
         batch: int = BATCH,
+        parse_worker: bool = True,
+        worker_min: int = WORKER_MIN,
     ) -> None:
         if security not in ("tls", "starttls", "plain"):
             raise ConfigError(f"IMAP security must be tls, starttls or plain, not {security!r}.")
@@ -86,6 +92,8 @@ class ImapBackend:
         self.security = security
         self.timeout = timeout
         self.batch = batch
+        self.parse_worker = parse_worker
+        self.worker_min = worker_min
         self._ssl = ssl_context
         self._client: FastIMAP4 | None = None
         self._lock = asyncio.Lock()
@@ -299,7 +307,7 @@ class ImapBackend:
             async with self._lock:
                 await self._ensure(folder)
                 proto = self._proto()
-                batches = HeaderBatches(set(part), self.batch)
+                batches = self._batches(set(part))
                 cmd = StreamFetchCommand(
                     proto.new_tag(), f"{part[0]}:{part[-1]}", SYNC_ITEMS,
                     take=batches.take, prefix="UID", loop=proto.loop, timeout=None,
@@ -315,13 +323,23 @@ class ImapBackend:
                     res = await self._guard(task)
                     if res.result != "OK":
                         raise MailError(f"The IMAP server {self.host} said: {_text(res.lines)}")
-                    rest = batches.drain() + parse_headers_response(res.lines, batches.wanted)
+                    odd = parse_headers_response(res.lines, batches.wanted)  # other shapes
                 finally:
                     if not task.done():  # the caller stopped half-way: the reply is unread
                         task.cancel()
                         await self._drop()
-            if rest:
-                yield rest
+            async for batch in batches.finish():  # what the parse helper still owes
+                yield batch
+            if odd:
+                yield odd
+
+    def _batches(self, wanted: set[int]) -> HeaderBatches | WorkerBatches:
+        """Parsing in the helper process for a big FETCH (parse_worker.py), here otherwise."""
+        if self.parse_worker and len(wanted) >= self.worker_min:
+            worker = parse_worker.shared()
+            if worker.start():
+                return WorkerBatches(wanted, worker, self.batch)
+        return HeaderBatches(wanted, self.batch)
 
     async def flags(self, folder: str, since_modseq: int = 0) -> dict[int, frozenset[str]]:
         async with self._lock:

@@ -12,7 +12,7 @@ import base64
 import functools
 import logging
 import re
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
 from chmail.client.backends.imap_headers import sync_message
@@ -165,23 +165,26 @@ def _parse_headers(lines: list[Any], wanted: set[int]) -> list[NewMessage]:
 
 class HeaderBatches:
     """Collects the messages a streamed header FETCH hands over (``take``), in batches of
-    ``size``; ``ready`` is set when one is full (the reader then pauses)."""
+    ``size``; ``ready`` is set when one is full (the reader then pauses).
+
+    Towards the end the batches halve (down to ``MIN_BATCH``): the last batch is stored
+    after the FETCH ends, with nothing left to overlap it, so it is kept small."""
+
+    MIN_BATCH = 256
 
     def __init__(self, wanted: set[int], size: int) -> None:
         self.wanted = wanted
         self.size = size
         self.messages: list[NewMessage] = []
         self.ready = asyncio.Event()
+        self._left = len(wanted)  # wanted messages not taken yet
 
     def take(self, uid: int, flags: bytes, size: int, block: bytes) -> bool:
         if uid in self.wanted:
-            try:
-                msg = sync_message(uid, block, _split_flags(flags), size)
-            except Exception:  # a parser bug must not stall the connection's reader
-                log.exception("header block of UID %s unreadable", uid)
-                msg = NewMessage(uid, flags=_split_flags(flags), size=size)
-            self.messages.append(msg)
-        if len(self.messages) < self.size:
+            self.messages.append(parse_one(uid, flags, size, block))
+            self._left -= 1
+        n = len(self.messages)
+        if n < self.size and (n < self._left or n < self.MIN_BATCH):
             return False
         self.ready.set()
         return True
@@ -191,8 +194,23 @@ class HeaderBatches:
         self.ready.clear()
         return out
 
+    async def finish(self) -> AsyncIterator[list[NewMessage]]:
+        """What is left once the FETCH is over."""
+        if self.messages:
+            yield self.drain()
 
-@functools.lru_cache(maxsize=256)
+
+def parse_one(uid: int, flags: bytes, size: int, block: bytes) -> NewMessage:
+    """One message of a streamed header FETCH (a parser bug must not stall the reader, nor
+    lose the message: it is stored with what the FETCH line says)."""
+    try:
+        return sync_message(uid, block, _split_flags(flags), size)
+    except Exception:
+        log.exception("header block of UID %s unreadable", uid)
+        return NewMessage(uid, flags=_split_flags(flags), size=size)
+
+
+@functools.lru_cache(maxsize=256)  # few flag sets per mailbox
 def _split_flags(raw: bytes) -> tuple[str, ...]:
     return tuple(raw.decode("ascii", "replace").split())
 

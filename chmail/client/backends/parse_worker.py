@@ -1,0 +1,376 @@
+"""Header parsing in a helper process, so a big sync uses the machine's second core.
+
+A first sync of a big folder is bound by one core: the event loop reads the FETCH, parses
+every header block and stages the rows, all under one GIL. Parsing is the largest part
+and needs nothing but the bytes, so for a big FETCH (``WORKER_MIN`` messages or more) the
+reader only cuts the stream into messages and ships chunks of raw blocks to one helper
+process (``python -m chmail.client.backends.parse_worker``), which parses them with the
+same ``sync_message`` and sends the results back in order; the loop meanwhile reads on and
+stores what has come back.
+
+Wire, both ways over the helper's stdin/stdout: frames of a 4-byte big-endian length and a
+msgpack body. Parent to helper: ``[[uid, flags, size, block], ...]`` (flags and block as
+bytes); helper to parent: one array of the 14 ``NewMessage`` fields per message, in order.
+
+Nothing depends on the helper: if it cannot start, dies, or sends garbage, every chunk it
+still owed is parsed in the parent (the chunk's raw blocks are kept until its answer), a
+warning is logged once, and later syncs parse in the parent. The helper lives as long as
+the program (it is started at the first big sync and reused), exits when its stdin closes
+(the parent exited or was killed), and ignores the terminal's Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import collections
+import contextlib
+import fcntl
+import logging
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+
+import msgspec
+
+from chmail.client.backends.imap_parse import parse_one
+from chmail.client.cache_models import NewMessage
+from chmail.client.gcpause import collector_paused
+
+log = logging.getLogger(__name__)
+
+WORKER_MIN = 2000  # messages in one FETCH before the helper is worth its round trips
+CHUNK = 500  # messages per frame to the helper
+MIN_CHUNK = 125  # the last chunks halve down to this (the last one is not overlapped)
+MAX_INFLIGHT = 12  # chunks sent and not answered before the reader pauses
+MAX_FRAME = 256 * 1024 * 1024  # bytes; a larger frame from the helper is garbage
+ANSWER_TIMEOUT = 30.0  # seconds without an answer while one is owed: the helper is stuck
+PIPE_SIZE = 1 << 20  # bytes, asked of the kernel for each pipe
+F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
+
+Item = tuple[int, bytes, int, bytes]  # uid, flags, RFC822.SIZE, header block
+_Fields = tuple[
+    int, str, str, list[str], str, str, str, str, str, int, tuple[str, ...], int,
+    list[tuple[str, str]], list[tuple[str, str]],
+]  # fmt: skip
+_ENCODE = msgspec.msgpack.Encoder().encode
+_ITEMS = msgspec.msgpack.Decoder(list[tuple[int, bytes, int, bytes]])
+_RESULTS = msgspec.msgpack.Decoder(list[_Fields])
+
+
+def parse_items(items: Sequence[Item]) -> list[NewMessage]:
+    """What the helper does with one chunk (and the parent, when there is no helper)."""
+    return [parse_one(uid, flags, size, block) for uid, flags, size, block in items]
+
+
+def _frame(body: bytes) -> bytes:
+    return len(body).to_bytes(4, "big") + body
+
+
+class ParseWorker:
+    """The parent's side of the helper process (see the module docstring)."""
+
+    def __init__(
+        self, argv: list[str] | None = None, *, answer_timeout: float = ANSWER_TIMEOUT
+    ) -> None:
+        self.argv = argv or [sys.executable, "-m", "chmail.client.backends.parse_worker"]
+        self.answer_timeout = answer_timeout
+        self.answered = 0  # chunks the helper parsed (not counting any parsed here)
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._owed: collections.deque[tuple[asyncio.Future[list[NewMessage]], Sequence[Item]]]
+        self._owed = collections.deque()
+        self._rbuf = bytearray()
+        self._wbuf = bytearray()
+        self._writing = False
+        self._wfd = self._rfd = -1  # the pipes to the helper's stdin, from its stdout
+        self._timer: asyncio.TimerHandle | None = None
+        self.broken = False
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    def start(self) -> bool:
+        """Start the helper if it is not running; False if it cannot be used."""
+        if self.broken:
+            return False
+        if self._proc is not None:
+            if self._proc.poll() is None:
+                return True
+            if self._owed:
+                self._fail("the parse helper exited")
+                return False
+            self.close()  # it exited while idle: start a new one
+
+        root = str(Path(__file__).resolve().parents[3])  # the folder holding chmail/
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+        try:
+            self._proc = subprocess.Popen(
+                self.argv,
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                env=env, start_new_session=True,
+            )  # fmt: skip
+        except OSError as exc:
+            self._give_up(f"could not start the parse helper ({exc})")
+            return False
+        stdin, stdout = self._proc.stdin, self._proc.stdout
+        if stdin is None or stdout is None:  # (not with PIPE; for the type checker)
+            self._give_up("the parse helper has no pipes")
+            return False
+        self._wfd, self._rfd = stdin.fileno(), stdout.fileno()
+        for fd in (self._wfd, self._rfd):
+            os.set_blocking(fd, False)
+            with contextlib.suppress(OSError):  # fewer, larger writes (Linux; 64 KiB else)
+                fcntl.fcntl(fd, F_SETPIPE_SZ, PIPE_SIZE)
+        return True
+
+    def submit(self, items: Sequence[Item]) -> asyncio.Future[list[NewMessage]]:
+        """A future of the parsed chunk, in submission order. It never fails: whatever
+        happens to the helper, the chunk is parsed (in the parent if need be)."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[list[NewMessage]] = loop.create_future()
+        if not self.start() or not self._bind(loop):
+            fut.set_result(parse_items(items))
+            return fut
+        if not self._owed:
+            loop.add_reader(self._rfd, self._readable)
+        self._owed.append((fut, items))
+        if len(self._owed) == 1:
+            self._arm()
+        self._wbuf += _frame(_ENCODE(items))
+        self._flush()
+        return fut
+
+    def _bind(self, loop: asyncio.AbstractEventLoop) -> bool:
+        """Use ``loop`` for the helper's pipes (an idle helper moves to a new loop)."""
+        if self._loop is not loop:
+            if self._owed:  # answers owed to another loop: not ours to read
+                return False
+            self._loop = loop
+        return True
+
+    def _flush(self) -> None:
+        if self._proc is None or self._loop is None:
+            return
+        fd = self._wfd
+        try:
+            while self._wbuf:
+                n = os.write(fd, self._wbuf)
+                del self._wbuf[:n]
+        except BlockingIOError:
+            pass
+        except OSError as exc:
+            self._fail(f"the parse helper stopped reading ({exc})")
+            return
+        if self._wbuf and not self._writing:
+            self._loop.add_writer(fd, self._flush)
+            self._writing = True
+        elif not self._wbuf and self._writing:
+            self._loop.remove_writer(fd)
+            self._writing = False
+
+    def _readable(self) -> None:
+        if self._proc is None:
+            return
+        try:
+            data = os.read(self._rfd, PIPE_SIZE)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            self._fail(f"the parse helper's answers could not be read ({exc})")
+            return
+        if not data:
+            self._fail("the parse helper exited")
+            return
+        buf = self._rbuf
+        buf += data
+        pos = 0
+        while len(buf) - pos >= 4:
+            n = int.from_bytes(buf[pos : pos + 4], "big")
+            if n > MAX_FRAME:
+                self._fail(f"the parse helper sent a {n:,}-byte frame")
+                return
+            if len(buf) - pos - 4 < n:
+                break
+            body = bytes(buf[pos + 4 : pos + 4 + n])
+            pos += 4 + n
+            if not self._answer(body):
+                return
+        del buf[:pos]
+        if not self._owed and self._loop is not None:
+            self._loop.remove_reader(self._rfd)
+
+    def _answer(self, body: bytes) -> bool:
+        if not self._owed:
+            self._fail("the parse helper answered a chunk that was not sent")
+            return False
+        try:
+            fields = _RESULTS.decode(body)
+        except msgspec.DecodeError as exc:
+            self._fail(f"the parse helper sent garbage ({exc})")
+            return False
+        fut, items = self._owed[0]
+        if len(fields) != len(items):
+            self._fail("the parse helper answered with the wrong number of messages")
+            return False
+        self._owed.popleft()
+        if not fut.done():
+            fut.set_result([NewMessage(*f) for f in fields])
+        self.answered += 1
+        self._arm()
+        return True
+
+    def _arm(self) -> None:
+        """Watch for a helper that stops answering (alive but stuck)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._owed and self._loop is not None:
+            why = f"the parse helper did not answer in {self.answer_timeout} s"
+            self._timer = self._loop.call_later(self.answer_timeout, self._fail, why)
+
+    def _fail(self, why: str) -> None:
+        """The helper is unusable: parse what it owed here, and stop using it."""
+        owed, self._owed = self._owed, collections.deque()
+        self._give_up(why)
+        for fut, items in owed:
+            if not fut.done():
+                fut.set_result(parse_items(items))
+
+    def _give_up(self, why: str) -> None:
+        log.warning("%s; headers are parsed in the main process from now on", why)
+        self.broken = True
+        self.close(kill=True)
+
+    def _reset(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._rbuf.clear()
+        self._wbuf.clear()
+        self._writing = False
+        self._loop = None
+
+    def close(self, *, kill: bool = False) -> None:
+        """Stop the helper: its stdin closes and it exits (``kill``: at once)."""
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.remove_reader(self._rfd)
+            loop.remove_writer(self._wfd)
+        self._reset()
+        if kill:
+            proc.kill()
+        for f in (proc.stdin, proc.stdout):
+            if f is not None:
+                with contextlib.suppress(OSError):
+                    f.close()
+        try:
+            proc.wait(timeout=2)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+class WorkerBatches:
+    """``imap_parse.HeaderBatches`` for a big FETCH: ``take`` only collects raw blocks and
+    ships them to the helper in chunks; ``ready`` is set when the oldest chunk's answer is
+    in (``drain`` hands over the answered chunks, in order); ``finish`` sends the rest and
+    waits for every answer. The reader pauses while ``MAX_INFLIGHT`` chunks are owed."""
+
+    def __init__(self, wanted: set[int], worker: ParseWorker, size: int = CHUNK) -> None:
+        self.wanted = wanted
+        self.worker = worker
+        self.size = max(1, size)
+        self.chunk = min(CHUNK, self.size)
+        self.ready = asyncio.Event()
+        self._raw: list[Item] = []
+        self._owed: collections.deque[asyncio.Future[list[NewMessage]]] = collections.deque()
+        self._left = len(wanted)
+
+    def take(self, uid: int, flags: bytes, size: int, block: bytes) -> bool:
+        if uid in self.wanted:
+            self._raw.append((uid, flags, size, block))
+            self._left -= 1
+            n = len(self._raw)
+            # the last chunks halve: the last answer is waited for with nothing to overlap
+            if n >= self.chunk or (n >= self._left and n >= MIN_CHUNK):
+                self._send()
+        return len(self._owed) >= MAX_INFLIGHT
+
+    def _send(self) -> None:
+        raw, self._raw = self._raw, []
+        fut = self.worker.submit(raw)
+        self._owed.append(fut)
+        fut.add_done_callback(self._answered)
+
+    def _answered(self, _fut: object) -> None:
+        """Ready when a full batch is answered, or when the reader waits on the answers."""
+        done = 0
+        for fut in self._owed:
+            if not fut.done():
+                break
+            done += 1
+        if done and (done * self.chunk >= self.size or len(self._owed) >= MAX_INFLIGHT):
+            self.ready.set()
+
+    def drain(self) -> list[NewMessage]:
+        """The answered chunks, oldest first, up to ``size`` messages (fewer, larger
+        batches to store: each store has a fixed cost)."""
+        out: list[NewMessage] = []
+        while self._owed and self._owed[0].done() and len(out) + self.chunk <= self.size:
+            out += self._owed.popleft().result()
+        self.ready.clear()
+        self._answered(None)
+        return out
+
+    async def finish(self) -> AsyncIterator[list[NewMessage]]:
+        """Once the FETCH is over: the last chunk goes out, and each answer is handed on
+        as it comes (storing one overlaps parsing the next)."""
+        if self._raw:
+            self._send()
+        self.ready.clear()
+        while self._owed:
+            yield await self._owed.popleft()
+
+
+_shared: ParseWorker | None = None
+
+
+def shared() -> ParseWorker:
+    """The program's helper (started at first use, stopped at exit)."""
+    global _shared
+    if _shared is None:
+        _shared = ParseWorker()
+        atexit.register(_shared.close)
+    return _shared
+
+
+def main() -> None:
+    """The helper: frames of raw items in, frames of parsed messages out, until EOF."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the terminal's Ctrl-C is the parent's
+    rd, wr = sys.stdin.buffer, sys.stdout.buffer
+    while True:
+        head = rd.read(4)
+        if len(head) < 4:
+            return
+        body = rd.read(int.from_bytes(head, "big"))
+        with collector_paused():  # (see gcpause.py)
+            out = [
+                (m.uid, m.message_id, m.in_reply_to, m.references, m.from_name, m.from_addr,
+                 m.to, m.cc, m.subject, m.date, m.flags, m.size, m.ch_headers, m.addresses)
+                for m in parse_items(_ITEMS.decode(body))
+            ]  # fmt: skip
+        wr.write(_frame(_ENCODE(out)))
+        wr.flush()
+
+
+if __name__ == "__main__":
+    main()

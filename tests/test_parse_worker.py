@@ -1,0 +1,127 @@
+"""Header parsing in the helper process (parse_worker.py): a big sync through it stores the
+same rows as parsing in-process, and a helper that dies, sends garbage or hangs loses
+nothing (its chunks are parsed in the parent)."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import sys
+from pathlib import Path
+
+from chmail.client.backends import parse_worker
+from chmail.client.backends.imap import ImapBackend
+from chmail.client.backends.parse_worker import ParseWorker, parse_items
+from chmail.client.cache import Cache
+from chmail.client.sync import Syncer
+from chmail.devmail.seed import demo_messages, seed_imap
+from tests.fixtures.mailstack import MailStack, MailUser
+
+
+def _items() -> list[parse_worker.Item]:
+    """Header blocks of many shapes: demo mail (Korean, Japanese, encoded words, replies),
+    a folded header, bare LF, bytes that are no charset, an empty block."""
+    out: list[parse_worker.Item] = []
+    for uid, raw in enumerate(demo_messages(150), start=1):
+        out.append(
+            (uid, b"\\Seen" if uid % 3 else b"", len(raw), raw.split(b"\r\n\r\n")[0] + b"\r\n\r\n")
+        )
+    odd = [
+        b"Subject: folded\r\n over two lines\r\nFrom: A <a@x>\r\n\r\n",
+        b"Subject: bare LF\nFrom: b@x\n\n",
+        b"Subject: \xff\xfe\x80 not a charset\r\nFrom: \xc3(\r\n\r\n",
+        b"",
+    ]
+    out += [(1000 + i, b"\\Flagged", 10, block) for i, block in enumerate(odd)]
+    return out  # fmt: skip
+
+
+def _fields(msgs: list[object]) -> list[dict[str, object]]:
+    return [dataclasses.asdict(m) for m in msgs]  # type: ignore[call-overload]
+
+
+async def test_helper_parses_like_the_parent() -> None:
+    """The helper process answers each chunk, in order, with exactly what parsing in the
+    parent gives, for well-formed and malformed header blocks alike."""
+    items = _items()
+    worker = ParseWorker()
+    try:
+        futs = [worker.submit(items[i : i + 40]) for i in range(0, len(items), 40)]
+        got = [m for fut in futs for m in await asyncio.wait_for(fut, 30)]
+        assert worker.answered == len(futs)
+        assert not worker.broken
+    finally:
+        worker.close()
+    assert _fields(got) == _fields(parse_items(items))  # type: ignore[arg-type]
+
+
+async def test_helper_that_dies_mid_chunk_loses_nothing() -> None:
+    """A helper that exits with chunks owed: they are parsed in the parent, and later
+    chunks too (the helper is not used again)."""
+    items = _items()
+    quits = [sys.executable, "-c", "import sys; sys.stdin.buffer.read(4)"]
+    worker = ParseWorker(quits)
+    try:
+        first = worker.submit(items[:80])
+        second = worker.submit(items[80:])
+        got = await asyncio.wait_for(first, 30) + await asyncio.wait_for(second, 30)
+        assert worker.broken
+        assert worker.answered == 0
+        later = await asyncio.wait_for(worker.submit(items[:5]), 30)
+    finally:
+        worker.close()
+    assert _fields(got) == _fields(parse_items(items))  # type: ignore[arg-type]
+    assert [m.uid for m in later] == [1, 2, 3, 4, 5]
+
+
+async def test_helper_sending_garbage_or_hanging_loses_nothing() -> None:
+    """A helper that answers garbage, or nothing at all, is dropped and its chunks are
+    parsed in the parent."""
+    items = _items()[:30]
+    garbage = [sys.executable, "-c",
+               "import sys; sys.stdout.buffer.write(b'\\x00\\x00\\x00\\x03\\xc1\\xc1\\xc1');"
+               " sys.stdout.flush(); sys.stdin.buffer.read()"]  # fmt: skip
+    hangs = [sys.executable, "-c", "import sys; sys.stdin.buffer.read()"]
+    for argv in (garbage, hangs):
+        worker = ParseWorker(argv, answer_timeout=0.5)
+        try:
+            got = await asyncio.wait_for(worker.submit(items), 30)
+            assert worker.broken
+        finally:
+            worker.close()
+        assert _fields(got) == _fields(parse_items(items))  # type: ignore[arg-type]
+
+
+async def test_big_sync_through_the_helper_stores_what_in_process_parsing_stores(
+    mailstack: MailStack, mail_user: MailUser, tmp_path: Path
+) -> None:
+    """A sync big enough for the helper stores every message with the same headers as a
+    sync that parses in-process (real Dovecot, two caches)."""
+    n = 1200
+    await seed_imap("127.0.0.1", mailstack.imap_port, mail_user.name, mail_user.password,
+                    demo_messages(n, to=("U", mail_user.address)))  # fmt: skip
+    shared = parse_worker.shared()
+    answered = shared.answered
+    rows = []
+    for use in (True, False):
+        cache = await Cache.open(tmp_path / f"cache-{use}.sqlite3")
+        b = ImapBackend(
+            mail_user.name, host="127.0.0.1", port=mailstack.imap_port, user=mail_user.name,
+            password=mail_user.password, security="plain", timeout=10,
+            parse_worker=use, worker_min=1000, batch=300,
+        )  # fmt: skip
+        try:
+            await b.connect()
+            res = await Syncer(cache, b, mail_user.name).sync_folder("INBOX")
+            assert res.new == n
+            inbox = await cache.folder_by_name(mail_user.name, "INBOX")
+            assert inbox is not None
+            assert inbox.total == n
+            page = await cache.page(inbox.id, 0, n)
+            rows.append(sorted(dataclasses.astuple(dataclasses.replace(m, pk=0)) for m in page))
+        finally:
+            await b.close()
+            await cache.close()
+    assert shared.answered > answered  # the helper did parse the first sync
+    assert len(rows[0]) == n
+    assert rows[0] == rows[1]
