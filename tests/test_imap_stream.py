@@ -140,25 +140,31 @@ def _backend(stack: MailStack, user: MailUser, **kw: Any) -> ImapBackend:
 async def test_dovecot_stream_in_batches_and_stopping_half_way(
     mailstack: MailStack, mail_user: MailUser
 ) -> None:
-    """headers() hands Dovecot's reply over in bounded batches; a caller that stops early
-    leaves the connection dropped (never half-read), and a reconnect works."""
+    """headers() hands Dovecot's reply over in bounded batches, parsed here or in the
+    helper process; a caller that stops early leaves the connection dropped if the reply
+    was half-read (never half-read and in use), and a reconnect works."""
     msgs = [f"Subject: n{i}\r\nMessage-ID: <n{i}@x>\r\n\r\nx\r\n".encode() for i in range(3000)]
     await seed_imap("127.0.0.1", mailstack.imap_port, mail_user.name, mail_user.password, msgs)
-    b = _backend(mailstack, mail_user, batch=700)
-    await b.connect()
-    uids = await b.uids("INBOX")
-    sizes = [len(batch) async for batch in b.headers("INBOX", uids)]
-    assert sum(sizes) == 3000
-    assert max(sizes) <= 700
-    assert len(sizes) >= 5
-    async with contextlib.aclosing(b.headers("INBOX", uids)) as it:
-        async for batch in it:
-            assert batch
-            break
-    assert not b.connected
-    await b.connect()
-    assert len(await b.flags("INBOX")) == 3000
-    await b.close()
+    for helper in (False, True):
+        b = _backend(mailstack, mail_user, batch=700, parse_worker=helper, worker_min=1000)
+        await b.connect()
+        uids = await b.uids("INBOX")
+        batches = [batch async for batch in b.headers("INBOX", uids)]
+        assert sorted(m.subject for batch in batches for m in batch) == sorted(
+            f"n{i}" for i in range(3000)
+        )
+        assert max(len(batch) for batch in batches) <= 700
+        assert len(batches) >= 5
+        async with contextlib.aclosing(b.headers("INBOX", uids)) as it:
+            async for batch in it:
+                assert batch
+                break
+        if not helper:  # reading paused at the first batch: the rest was unread
+            assert not b.connected
+        if not b.connected:
+            await b.connect()
+        assert len(await b.flags("INBOX")) == 3000
+        await b.close()
 
 
 async def test_connect_cancelled_before_the_greeting_closes_its_socket() -> None:

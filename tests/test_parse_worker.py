@@ -11,29 +11,33 @@ from pathlib import Path
 
 from chmail.client.backends import parse_worker
 from chmail.client.backends.imap import ImapBackend
-from chmail.client.backends.parse_worker import ParseWorker, parse_items
+from chmail.client.backends.parse_worker import ParseWorker, parse_span
 from chmail.client.cache import Cache
 from chmail.client.sync import Syncer
 from chmail.devmail.seed import demo_messages, seed_imap
 from tests.fixtures.mailstack import MailStack, MailUser
 
+_DEMO = demo_messages(150, start=1_790_000_000)  # (Message-IDs differ per call)
 
-def _items() -> list[parse_worker.Item]:
-    """Header blocks of many shapes: demo mail (Korean, Japanese, encoded words, replies),
-    a folded header, bare LF, bytes that are no charset, an empty block."""
-    out: list[parse_worker.Item] = []
-    for uid, raw in enumerate(demo_messages(150), start=1):
-        out.append(
-            (uid, b"\\Seen" if uid % 3 else b"", len(raw), raw.split(b"\r\n\r\n")[0] + b"\r\n\r\n")
-        )
-    odd = [
+
+def _span(first: int = 0, last: int | None = None) -> tuple[bytes, int]:
+    """FETCH items of the usual shape (as Dovecot sends them) holding header blocks of
+    many shapes: demo mail (Korean, Japanese, encoded words, replies), a folded header,
+    bare LF, bytes that are no charset, an empty block. Returns (bytes, how many)."""
+    blocks = [raw.split(b"\r\n\r\n")[0] + b"\r\n\r\n" for raw in _DEMO]
+    blocks += [
         b"Subject: folded\r\n over two lines\r\nFrom: A <a@x>\r\n\r\n",
         b"Subject: bare LF\nFrom: b@x\n\n",
         b"Subject: \xff\xfe\x80 not a charset\r\nFrom: \xc3(\r\n\r\n",
         b"",
     ]
-    out += [(1000 + i, b"\\Flagged", 10, block) for i, block in enumerate(odd)]
-    return out  # fmt: skip
+    blocks = blocks[first:last]
+    items = [
+        b"* %d FETCH (UID %d FLAGS (%s) RFC822.SIZE %d BODY[HEADER.FIELDS (FROM SUBJECT)]"
+        b" {%d}\r\n%s)\r\n" % (i, 7 + i, b"\\Seen" if i % 3 else b"", 100 + i, len(b), b)
+        for i, b in enumerate(blocks, start=first + 1)
+    ]
+    return b"".join(items), len(items)
 
 
 def _fields(msgs: list[object]) -> list[dict[str, object]]:
@@ -43,41 +47,45 @@ def _fields(msgs: list[object]) -> list[dict[str, object]]:
 async def test_helper_parses_like_the_parent() -> None:
     """The helper process answers each chunk, in order, with exactly what parsing in the
     parent gives, for well-formed and malformed header blocks alike."""
-    items = _items()
+    chunks = [_span(i, i + 40) for i in range(0, 160, 40)]
     worker = ParseWorker()
     try:
-        futs = [worker.submit(items[i : i + 40]) for i in range(0, len(items), 40)]
+        futs = [worker.submit(span, n) for span, n in chunks]
         got = [m for fut in futs for m in await asyncio.wait_for(fut, 30)]
         assert worker.answered == len(futs)
         assert not worker.broken
     finally:
         worker.close()
-    assert _fields(got) == _fields(parse_items(items))  # type: ignore[arg-type]
+    span, n = _span()
+    here = parse_span(span)
+    assert len(here) == n == 154
+    assert _fields(got) == _fields(here)  # type: ignore[arg-type]
+    assert here[0].subject
+    assert here[-1].uid == 7 + 154
 
 
 async def test_helper_that_dies_mid_chunk_loses_nothing() -> None:
     """A helper that exits with chunks owed: they are parsed in the parent, and later
     chunks too (the helper is not used again)."""
-    items = _items()
     quits = [sys.executable, "-c", "import sys; sys.stdin.buffer.read(4)"]
     worker = ParseWorker(quits)
     try:
-        first = worker.submit(items[:80])
-        second = worker.submit(items[80:])
+        first = worker.submit(*_span(0, 80))
+        second = worker.submit(*_span(80))
         got = await asyncio.wait_for(first, 30) + await asyncio.wait_for(second, 30)
         assert worker.broken
         assert worker.answered == 0
-        later = await asyncio.wait_for(worker.submit(items[:5]), 30)
+        later = await asyncio.wait_for(worker.submit(*_span(0, 5)), 30)
     finally:
         worker.close()
-    assert _fields(got) == _fields(parse_items(items))  # type: ignore[arg-type]
-    assert [m.uid for m in later] == [1, 2, 3, 4, 5]
+    assert _fields(got) == _fields(parse_span(_span()[0]))  # type: ignore[arg-type]
+    assert [m.uid for m in later] == [8, 9, 10, 11, 12]
 
 
 async def test_helper_sending_garbage_or_hanging_loses_nothing() -> None:
     """A helper that answers garbage, or nothing at all, is dropped and its chunks are
     parsed in the parent."""
-    items = _items()[:30]
+    span, n = _span(0, 30)
     garbage = [sys.executable, "-c",
                "import sys; sys.stdout.buffer.write(b'\\x00\\x00\\x00\\x03\\xc1\\xc1\\xc1');"
                " sys.stdout.flush(); sys.stdin.buffer.read()"]  # fmt: skip
@@ -85,11 +93,12 @@ async def test_helper_sending_garbage_or_hanging_loses_nothing() -> None:
     for argv in (garbage, hangs):
         worker = ParseWorker(argv, answer_timeout=0.5)
         try:
-            got = await asyncio.wait_for(worker.submit(items), 30)
+            got = await asyncio.wait_for(worker.submit(span, n), 30)
             assert worker.broken
         finally:
             worker.close()
-        assert _fields(got) == _fields(parse_items(items))  # type: ignore[arg-type]
+        assert len(got) == n
+        assert _fields(got) == _fields(parse_span(span))  # type: ignore[arg-type]
 
 
 async def test_big_sync_through_the_helper_stores_what_in_process_parsing_stores(

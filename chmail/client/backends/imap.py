@@ -308,9 +308,14 @@ class ImapBackend:
                 await self._ensure(folder)
                 proto = self._proto()
                 batches = self._batches(set(part))
+                taker: dict[str, Any] = (
+                    {"take_span": batches.take_span, "span_limit": batches.chunk}
+                    if isinstance(batches, WorkerBatches)
+                    else {"take": batches.take}
+                )
                 cmd = StreamFetchCommand(
                     proto.new_tag(), f"{part[0]}:{part[-1]}", SYNC_ITEMS,
-                    take=batches.take, prefix="UID", loop=proto.loop, timeout=None,
+                    prefix="UID", loop=proto.loop, timeout=None, **taker,
                 )  # fmt: skip
                 task = asyncio.ensure_future(proto.execute(cmd))
                 try:

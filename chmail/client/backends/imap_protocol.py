@@ -15,7 +15,8 @@ with a clear error. Everything else (commands, states, IDLE) is aioimaplib's own
 
 A ``StreamFetchCommand`` hands each message of the usual shape to a callback as soon as
 its bytes are in (one regex per message, no line list), so parsing overlaps the server
-still sending; when the callback asks, reading pauses (the kernel buffers what the
+still sending (or, for a caller that parses in another process, whole runs of them as
+they came, ``take_span``); when the callback asks, reading pauses (the kernel buffers what the
 server sends meanwhile) until ``resume_reading()``: the caller stores a batch without
 the reader competing with it for the GIL.
 """
@@ -50,6 +51,14 @@ _STREAM_ITEM = re.compile(
 )
 # take(uid, flags, size, header literal) -> True to pause reading
 Take = Callable[[int, bytes, int, bytes], bool]
+# The same shape as one whole FETCH line up to its literal: (uid, flags, size, literal
+# size). The span reader matches it once per message and hands on whole runs of items.
+SPAN_ITEM = re.compile(
+    rb"\* [0-9]+ FETCH \(UID ([0-9]+) FLAGS \(([^)]*)\) RFC822\.SIZE ([0-9]+) "
+    rb"BODY\[HEADER\.FIELDS \([^)\r\n]*\)\] \{([0-9]+)\}\r\n"
+)
+# take_span(run of usual-shape items as sent, how many) -> True to pause reading
+TakeSpan = Callable[[bytes, int], bool]
 
 
 class LiteralTooLarge(Exception):
@@ -83,8 +92,17 @@ class StreamFetchCommand(FastFetchCommand):
     """A FETCH whose usual-shape messages go to ``take`` as they arrive (see the module
     docstring); the rest, and the tagged reply, collect as lines as usual."""
 
-    def __init__(self, *args: Any, take: Take, **kw: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        take: Take | None = None,
+        take_span: TakeSpan | None = None,
+        span_limit: int = 1 << 30,
+        **kw: Any,
+    ) -> None:
         self.take = take
+        self.take_span = take_span
+        self.span_limit = span_limit  # items per take_span call, at most
         super().__init__(*args, **kw)
 
 
@@ -159,7 +177,10 @@ class FastProtocol(_aio.IMAP4ClientProtocol):  # type: ignore[misc]
             cmd = self._cur
             stream = self.pending_async_commands.get("FETCH")
             if cmd is None and type(stream) is StreamFetchCommand:
-                pos, wait = self._stream_items(stream, buf, pos, end)
+                if stream.take_span is not None:
+                    pos, wait = self._stream_spans(stream, stream.take_span, buf, pos, end)
+                else:
+                    pos, wait = self._stream_items(stream, buf, pos, end)
                 if wait or pos >= end or self._paused:
                     break
             if cmd is not None and cmd.wait_literal_data():
@@ -202,12 +223,48 @@ class FastProtocol(_aio.IMAP4ClientProtocol):  # type: ignore[misc]
                 self._cur = None
         del buf[:pos]
 
+    def _stream_spans(
+        self, fc: StreamFetchCommand, take_span: TakeSpan, buf: bytearray, pos: int, end: int
+    ) -> tuple[int, bool]:
+        """``_stream_items`` for a caller that parses elsewhere: the run of usual-shape
+        items from ``pos`` goes to ``take_span`` as bytes (``span_limit`` items at most a
+        call), with one regex match per message here and nothing else."""
+        match, first, n, wait, limit = SPAN_ITEM.match, pos, 0, False, fc.span_limit
+        while True:
+            if n == limit:
+                if take_span(bytes(buf[first:pos]), n):
+                    self._pause()
+                    return pos, False
+                first, n = pos, 0
+            m = match(buf, pos)
+            if m is None:
+                break  # not the usual shape (or not a whole line yet)
+            size = int(m[4])
+            if size > self.max_literal:
+                raise LiteralTooLarge(
+                    f"The IMAP server announced a {size:,}-byte item, more than the "
+                    f"{self.max_literal:,}-byte limit; the connection was closed."
+                )
+            stop = m.end() + size
+            if stop + 3 > end:
+                wait = True
+                break
+            if not buf.startswith(b")\r\n", stop):
+                break  # more items after the literal: the generic path
+            pos = stop + 3
+            n += 1
+        if n and take_span(bytes(buf[first:pos]), n):
+            self._pause()
+        return pos, wait
+
     def _stream_items(
         self, fc: StreamFetchCommand, buf: bytearray, pos: int, end: int
     ) -> tuple[int, bool]:
         """Hand usual-shape messages from ``pos`` on to ``fc.take``. Returns the new read
         position and whether to wait for more data (an item not all here yet)."""
         match, take = _STREAM_ITEM.match, fc.take
+        if take is None:
+            return pos, False
         while not self._paused:
             m = match(buf, pos)
             if m is None:

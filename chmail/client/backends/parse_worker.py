@@ -3,17 +3,19 @@
 A first sync of a big folder is bound by one core: the event loop reads the FETCH, parses
 every header block and stages the rows, all under one GIL. Parsing is the largest part
 and needs nothing but the bytes, so for a big FETCH (``WORKER_MIN`` messages or more) the
-reader only cuts the stream into messages and ships chunks of raw blocks to one helper
-process (``python -m chmail.client.backends.parse_worker``), which parses them with the
-same ``sync_message`` and sends the results back in order; the loop meanwhile reads on and
+reader only finds where each message ends (one regex match) and ships the FETCH's bytes,
+as they came, in chunks of about ``CHUNK`` messages to one helper process (``python -m
+chmail.client.backends.parse_worker``), which cuts and parses them with the same
+``sync_message`` and sends the results back in order; the loop meanwhile reads on and
 stores what has come back.
 
 Wire, both ways over the helper's stdin/stdout: frames of a 4-byte big-endian length and a
-msgpack body. Parent to helper: ``[[uid, flags, size, block], ...]`` (flags and block as
-bytes); helper to parent: one array of the 14 ``NewMessage`` fields per message, in order.
+body. Parent to helper: a run of whole FETCH items of the usual shape, as the server sent
+them (``imap_protocol.SPAN_ITEM``); helper to parent: a msgpack array of one array of the
+14 ``NewMessage`` fields per item, in order.
 
 Nothing depends on the helper: if it cannot start, dies, or sends garbage, every chunk it
-still owed is parsed in the parent (the chunk's raw blocks are kept until its answer), a
+still owed is parsed in the parent (the chunk's bytes are kept until its answer), a
 warning is logged once, and later syncs parse in the parent. The helper lives as long as
 the program (it is started at the first big sync and reused), exits when its stdin closes
 (the parent exited or was killed), and ignores the terminal's Ctrl-C.
@@ -31,12 +33,13 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import msgspec
 
 from chmail.client.backends.imap_parse import parse_one
+from chmail.client.backends.imap_protocol import SPAN_ITEM
 from chmail.client.cache_models import NewMessage
 from chmail.client.gcpause import collector_paused
 
@@ -51,19 +54,29 @@ ANSWER_TIMEOUT = 30.0  # seconds without an answer while one is owed: the helper
 PIPE_SIZE = 1 << 20  # bytes, asked of the kernel for each pipe
 F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 
-Item = tuple[int, bytes, int, bytes]  # uid, flags, RFC822.SIZE, header block
 _Fields = tuple[
     int, str, str, list[str], str, str, str, str, str, int, tuple[str, ...], int,
     list[tuple[str, str]], list[tuple[str, str]],
 ]  # fmt: skip
 _ENCODE = msgspec.msgpack.Encoder().encode
-_ITEMS = msgspec.msgpack.Decoder(list[tuple[int, bytes, int, bytes]])
 _RESULTS = msgspec.msgpack.Decoder(list[_Fields])
 
 
-def parse_items(items: Sequence[Item]) -> list[NewMessage]:
-    """What the helper does with one chunk (and the parent, when there is no helper)."""
-    return [parse_one(uid, flags, size, block) for uid, flags, size, block in items]
+def parse_span(span: bytes) -> list[NewMessage]:
+    """Cut and parse a run of FETCH items (what the helper does with one chunk, and the
+    parent when there is no helper)."""
+    out = []
+    match, pos, end = SPAN_ITEM.match, 0, len(span)
+    while pos < end:
+        m = match(span, pos)
+        if m is None:  # (the reader matched the same pattern: never, short of a bug)
+            log.error("a chunk of the header FETCH is not of the shape it was cut at")
+            break
+        start = m.end()
+        stop = start + int(m[4])
+        out.append(parse_one(int(m[1]), m[2], int(m[3]), span[start:stop]))
+        pos = stop + 3  # ")\r\n"
+    return out
 
 
 def _frame(body: bytes) -> bytes:
@@ -81,7 +94,7 @@ class ParseWorker:
         self.answered = 0  # chunks the helper parsed (not counting any parsed here)
         self._proc: subprocess.Popen[bytes] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._owed: collections.deque[tuple[asyncio.Future[list[NewMessage]], Sequence[Item]]]
+        self._owed: collections.deque[tuple[asyncio.Future[list[NewMessage]], bytes, int]]
         self._owed = collections.deque()
         self._rbuf = bytearray()
         self._wbuf = bytearray()
@@ -129,20 +142,21 @@ class ParseWorker:
                 fcntl.fcntl(fd, F_SETPIPE_SZ, PIPE_SIZE)
         return True
 
-    def submit(self, items: Sequence[Item]) -> asyncio.Future[list[NewMessage]]:
-        """A future of the parsed chunk, in submission order. It never fails: whatever
-        happens to the helper, the chunk is parsed (in the parent if need be)."""
+    def submit(self, span: bytes, count: int) -> asyncio.Future[list[NewMessage]]:
+        """A future of the ``count`` messages of a run of FETCH items, parsed, in
+        submission order. It never fails: whatever happens to the helper, the chunk is
+        parsed (in the parent if need be)."""
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[list[NewMessage]] = loop.create_future()
         if not self.start() or not self._bind(loop):
-            fut.set_result(parse_items(items))
+            fut.set_result(parse_span(span))
             return fut
         if not self._owed:
             loop.add_reader(self._rfd, self._readable)
-        self._owed.append((fut, items))
+        self._owed.append((fut, span, count))
         if len(self._owed) == 1:
             self._arm()
-        self._wbuf += _frame(_ENCODE(items))
+        self._wbuf += _frame(span)
         self._flush()
         return fut
 
@@ -214,8 +228,8 @@ class ParseWorker:
         except msgspec.DecodeError as exc:
             self._fail(f"the parse helper sent garbage ({exc})")
             return False
-        fut, items = self._owed[0]
-        if len(fields) != len(items):
+        fut, _span, count = self._owed[0]
+        if len(fields) != count:
             self._fail("the parse helper answered with the wrong number of messages")
             return False
         self._owed.popleft()
@@ -238,9 +252,9 @@ class ParseWorker:
         """The helper is unusable: parse what it owed here, and stop using it."""
         owed, self._owed = self._owed, collections.deque()
         self._give_up(why)
-        for fut, items in owed:
+        for fut, span, _count in owed:
             if not fut.done():
-                fut.set_result(parse_items(items))
+                fut.set_result(parse_span(span))
 
     def _give_up(self, why: str) -> None:
         log.warning("%s; headers are parsed in the main process from now on", why)
@@ -280,10 +294,11 @@ class ParseWorker:
 
 
 class WorkerBatches:
-    """``imap_parse.HeaderBatches`` for a big FETCH: ``take`` only collects raw blocks and
-    ships them to the helper in chunks; ``ready`` is set when the oldest chunk's answer is
-    in (``drain`` hands over the answered chunks, in order); ``finish`` sends the rest and
-    waits for every answer. The reader pauses while ``MAX_INFLIGHT`` chunks are owed."""
+    """``imap_parse.HeaderBatches`` for a big FETCH: the reader hands over runs of raw
+    items (``take_span``), which go to the helper in chunks; ``ready`` is set when a full
+    batch of answers is in, or the reader waits on them (``MAX_INFLIGHT`` chunks owed);
+    ``drain`` hands answered chunks over in order; ``finish`` sends the rest and hands on
+    each answer as it comes."""
 
     def __init__(self, wanted: set[int], worker: ParseWorker, size: int = CHUNK) -> None:
         self.wanted = wanted
@@ -291,25 +306,32 @@ class WorkerBatches:
         self.size = max(1, size)
         self.chunk = min(CHUNK, self.size)
         self.ready = asyncio.Event()
-        self._raw: list[Item] = []
+        self._spans: list[bytes] = []
+        self._n = 0  # messages in _spans
         self._owed: collections.deque[asyncio.Future[list[NewMessage]]] = collections.deque()
         self._left = len(wanted)
 
-    def take(self, uid: int, flags: bytes, size: int, block: bytes) -> bool:
-        if uid in self.wanted:
-            self._raw.append((uid, flags, size, block))
-            self._left -= 1
-            n = len(self._raw)
-            # the last chunks halve: the last answer is waited for with nothing to overlap
-            if n >= self.chunk or (n >= self._left and n >= MIN_CHUNK):
-                self._send()
+    def take_span(self, span: bytes, n: int) -> bool:
+        if self._n and self._n + n > self.chunk:  # (the reader gives chunk items at most)
+            self._send()
+        self._spans.append(span)
+        self._n += n
+        self._left -= n
+        # the last chunks halve: the last answer is waited for with nothing to overlap
+        if self._n >= self.chunk or (self._n >= self._left and self._n >= MIN_CHUNK):
+            self._send()
         return len(self._owed) >= MAX_INFLIGHT
 
     def _send(self) -> None:
-        raw, self._raw = self._raw, []
-        fut = self.worker.submit(raw)
+        span = self._spans[0] if len(self._spans) == 1 else b"".join(self._spans)
+        fut = self.worker.submit(span, self._n)
+        self._spans, self._n = [], 0
         self._owed.append(fut)
         fut.add_done_callback(self._answered)
+
+    def _pop(self) -> list[NewMessage]:
+        wanted = self.wanted  # (a UID range may hold messages the cache already has)
+        return [m for m in self._owed.popleft().result() if m.uid in wanted]
 
     def _answered(self, _fut: object) -> None:
         """Ready when a full batch is answered, or when the reader waits on the answers."""
@@ -326,7 +348,7 @@ class WorkerBatches:
         batches to store: each store has a fixed cost)."""
         out: list[NewMessage] = []
         while self._owed and self._owed[0].done() and len(out) + self.chunk <= self.size:
-            out += self._owed.popleft().result()
+            out += self._pop()
         self.ready.clear()
         self._answered(None)
         return out
@@ -334,11 +356,12 @@ class WorkerBatches:
     async def finish(self) -> AsyncIterator[list[NewMessage]]:
         """Once the FETCH is over: the last chunk goes out, and each answer is handed on
         as it comes (storing one overlaps parsing the next)."""
-        if self._raw:
+        if self._spans:
             self._send()
         self.ready.clear()
         while self._owed:
-            yield await self._owed.popleft()
+            await asyncio.wait([self._owed[0]])
+            yield self._pop()
 
 
 _shared: ParseWorker | None = None
@@ -354,19 +377,19 @@ def shared() -> ParseWorker:
 
 
 def main() -> None:
-    """The helper: frames of raw items in, frames of parsed messages out, until EOF."""
+    """The helper: frames of FETCH items in, frames of parsed messages out, until EOF."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the terminal's Ctrl-C is the parent's
     rd, wr = sys.stdin.buffer, sys.stdout.buffer
     while True:
         head = rd.read(4)
         if len(head) < 4:
             return
-        body = rd.read(int.from_bytes(head, "big"))
+        span = rd.read(int.from_bytes(head, "big"))
         with collector_paused():  # (see gcpause.py)
             out = [
                 (m.uid, m.message_id, m.in_reply_to, m.references, m.from_name, m.from_addr,
                  m.to, m.cc, m.subject, m.date, m.flags, m.size, m.ch_headers, m.addresses)
-                for m in parse_items(_ITEMS.decode(body))
+                for m in parse_span(span)
             ]  # fmt: skip
         wr.write(_frame(_ENCODE(out)))
         wr.flush()
