@@ -21,6 +21,8 @@ writes the stage.
 
 from __future__ import annotations
 
+import functools
+import itertools
 import sqlite3
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -88,6 +90,15 @@ def counts_sql(folder_id: int, source: str) -> str:
     )
 
 
+PUT_ROWS = 64  # rows per INSERT statement of a put (13 values each: 832 < 32,766 binds)
+
+
+@functools.lru_cache(maxsize=64)
+def _insert_rows(table: str, n: int) -> str:
+    one = f"({', '.join('?' * 13)})"
+    return f"INSERT INTO {table} VALUES {', '.join([one] * n)}"  # noqa: S608 (fixed text)
+
+
 class Stage:
     """The in-memory staging tables (owned by the event loop's thread)."""
 
@@ -119,11 +130,22 @@ class Stage:
         self.free.extend(tables)
 
     def put(self, slot: int, values: list[tuple[Any, ...]]) -> None:
+        """Replace table ``slot``'s rows with ``values`` (``COLS`` each), ``PUT_ROWS`` rows
+        a statement: one bind loop and one step per statement instead of per row (a
+        quarter less time than ``executemany``)."""
         db = self.db
+        table = f"st{int(slot)}.s"
+        full = len(values) - len(values) % PUT_ROWS
+        chain = itertools.chain.from_iterable
         db.execute("BEGIN")
         try:
-            db.execute(f"DELETE FROM st{int(slot)}.s")  # noqa: S608 (a slot number)
-            db.executemany(f"INSERT INTO st{int(slot)}.s VALUES ({', '.join('?' * 13)})", values)  # noqa: S608
+            db.execute(f"DELETE FROM {table}")  # noqa: S608 (a slot number)
+            many = _insert_rows(table, PUT_ROWS)
+            for i in range(0, full, PUT_ROWS):
+                db.execute(many, tuple(chain(values[i : i + PUT_ROWS])))
+            if full < len(values):
+                rest = values[full:]
+                db.execute(_insert_rows(table, len(rest)), tuple(chain(rest)))
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
