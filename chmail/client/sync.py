@@ -141,15 +141,20 @@ class Syncer:
             res.reset = True
             folder = await self.cache.folder(folder.id) or folder
         cached = await self.cache.uid_flags(folder.id)
-        server = await self.backend.uids(name)
-        server_set = set(server)
-        gone = [u for u in cached if u not in server_set and u > 0]
-        if gone:
-            await self.cache.remove_uids(folder.id, gone)
-            res.removed = len(gone)
-        new = [u for u in server if u not in cached]
+        new: list[int] | None
+        if cached:
+            server = await self.backend.uids(name)
+            server_set = set(server)
+            gone = [u for u in cached if u not in server_set and u > 0]
+            if gone:
+                await self.cache.remove_uids(folder.id, gone)
+                res.removed = len(gone)
+            new = [u for u in server if u not in cached]
+            total = len(new)
+        else:  # a first sync: every message is new, the FETCH itself says which UIDs
+            new, total = (None, state.exists) if state.exists else ([], 0)
         if progress:
-            progress(0, len(new), name)
+            progress(0, total, name)
         done = 0
         # The backend parses a batch while the cache moves the previous one in (its
         # reader pauses only while a batch is staged: cache_stage.py says why).
@@ -161,9 +166,9 @@ class Syncer:
                 async for batch in batches:
                     done += await sink.add(batch)
                     if progress:
-                        progress(done, len(new), name)
+                        progress(done, max(total, done), name)
         res.new = done
-        res.flags_changed = await self._sync_flags(folder, state.highestmodseq, cached, new)
+        res.flags_changed = await self._sync_flags(folder, state.highestmodseq, cached, new or [])
         await self.cache.set_folder_state(
             folder.id,
             uidvalidity=state.uidvalidity,

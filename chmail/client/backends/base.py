@@ -83,8 +83,10 @@ class Backend(Protocol):
         """Every UID in the folder, ascending."""
         ...
 
-    def headers(self, folder: str, uids: list[int]) -> AsyncGenerator[list[NewMessage], None]:
-        """Headers and flags of ``uids``, in batches."""
+    def headers(
+        self, folder: str, uids: list[int] | None
+    ) -> AsyncGenerator[list[NewMessage], None]:
+        """Headers and flags of ``uids`` (None: of every message), in batches."""
         ...
 
     async def flags(self, folder: str, since_modseq: int = 0) -> dict[int, frozenset[str]]:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Set
 from typing import Any, TypeVar
 
 from aioimaplib import aioimaplib as _aio
@@ -33,6 +33,7 @@ from chmail.client.backends.imap_parse import (
     _EXISTS,
     _LIST,
     _UID,
+    Every,
     HeaderBatches,
     _copyuid,
     _flags,
@@ -98,6 +99,7 @@ class ImapBackend:
         self._client: FastIMAP4 | None = None
         self._lock = asyncio.Lock()
         self._selected: str | None = None
+        self._exists = 0  # messages in the selected folder, at SELECT
         self.capabilities: set[str] = set()
 
     # ------------------------------------------------------------ connection
@@ -241,6 +243,7 @@ class ImapBackend:
         res = await self._cmd(proto.run, "SELECT", *args)
         proto.state = _aio.SELECTED
         self._selected = folder
+        self._exists = 0
         nums: dict[bytes, int] = {}
         exists = 0
         for line in res.lines:
@@ -251,6 +254,7 @@ class ImapBackend:
             e = _EXISTS.match(line)
             if e:
                 exists = int(e.group(1))
+        self._exists = exists
         return FolderState(
             uidvalidity=nums.get(b"UIDVALIDITY", 0),
             uidnext=nums.get(b"UIDNEXT", 0),
@@ -299,22 +303,27 @@ class ImapBackend:
                 found.extend(int(x) for x in words.split() if x.isdigit())
         return sorted(found)
 
-    async def headers(self, folder: str, uids: list[int]) -> AsyncGenerator[list[NewMessage], None]:
-        """Batches of parsed headers. Close the iterator (``contextlib.aclosing``) if you
-        stop early: a FETCH left half-read drops the connection."""
-        for i in range(0, len(uids), FETCH_SPAN):
-            part = uids[i : i + FETCH_SPAN]
+    async def headers(
+        self, folder: str, uids: list[int] | None
+    ) -> AsyncGenerator[list[NewMessage], None]:
+        """Batches of parsed headers of ``uids`` (None: of every message, one ``1:*``
+        FETCH). Close the iterator (``contextlib.aclosing``) if you stop early: a FETCH
+        left half-read drops the connection."""
+        spans = [uids[i : i + FETCH_SPAN] for i in range(0, len(uids), FETCH_SPAN)] if uids else []
+        for part in spans if uids is not None else [None]:
             async with self._lock:
                 await self._ensure(folder)
                 proto = self._proto()
-                batches = self._batches(set(part))
+                wanted: Set[int] = set(part) if part is not None else Every(self._exists)
+                batches = self._batches(wanted)
+                which = f"{part[0]}:{part[-1]}" if part is not None else "1:*"
                 taker: dict[str, Any] = (
                     {"take_span": batches.take_span, "span_limit": batches.chunk}
                     if isinstance(batches, WorkerBatches)
                     else {"take": batches.take}
                 )
                 cmd = StreamFetchCommand(
-                    proto.new_tag(), f"{part[0]}:{part[-1]}", SYNC_ITEMS,
+                    proto.new_tag(), which, SYNC_ITEMS,
                     prefix="UID", loop=proto.loop, timeout=None, **taker,
                 )  # fmt: skip
                 task = asyncio.ensure_future(proto.execute(cmd))
@@ -338,7 +347,7 @@ class ImapBackend:
             if odd:
                 yield odd
 
-    def _batches(self, wanted: set[int]) -> HeaderBatches | WorkerBatches:
+    def _batches(self, wanted: Set[int]) -> HeaderBatches | WorkerBatches:
         """Parsing in the helper process for a big FETCH (parse_worker.py), here otherwise."""
         if self.parse_worker and len(wanted) >= self.worker_min:
             worker = parse_worker.shared()

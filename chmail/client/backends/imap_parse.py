@@ -12,7 +12,7 @@ import base64
 import functools
 import logging
 import re
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Iterator, Set
 from typing import Any
 
 from chmail.client.backends.imap_headers import sync_message
@@ -135,7 +135,23 @@ def _unquote_mailbox(raw: bytes) -> str:
     return raw.decode("utf-8", "replace")
 
 
-def parse_headers_response(lines: list[Any], wanted: set[int]) -> list[NewMessage]:
+class Every(Set[int]):
+    """Every UID (a ``1:*`` FETCH wants whatever comes); ``len`` is how many are expected."""
+
+    def __init__(self, expected: int) -> None:
+        self.expected = expected
+
+    def __contains__(self, uid: object) -> bool:
+        return True
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(())
+
+    def __len__(self) -> int:
+        return self.expected
+
+
+def parse_headers_response(lines: list[Any], wanted: Set[int]) -> list[NewMessage]:
     """The messages of a header FETCH. The cyclic garbage collector is paused meanwhile:
     a batch allocates tens of thousands of small acyclic objects, and its full passes
     over them are pure overhead (it runs again right after)."""
@@ -143,7 +159,7 @@ def parse_headers_response(lines: list[Any], wanted: set[int]) -> list[NewMessag
         return _parse_headers(lines, wanted)
 
 
-def _parse_headers(lines: list[Any], wanted: set[int]) -> list[NewMessage]:
+def _parse_headers(lines: list[Any], wanted: Set[int]) -> list[NewMessage]:
     out: list[NewMessage] = []
     for attrs, literal in parse_fetch(lines):
         m = _SYNC_ATTRS.match(attrs)
@@ -172,7 +188,7 @@ class HeaderBatches:
 
     MIN_BATCH = 256
 
-    def __init__(self, wanted: set[int], size: int) -> None:
+    def __init__(self, wanted: Set[int], size: int) -> None:
         self.wanted = wanted
         self.size = size
         self.messages: list[NewMessage] = []

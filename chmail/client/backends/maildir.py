@@ -175,7 +175,11 @@ class MaildirBackend:
         _, by_uid = await asyncio.to_thread(self._scan, folder)
         return sorted(by_uid)
 
-    async def headers(self, folder: str, uids: list[int]) -> AsyncGenerator[list[NewMessage], None]:
+    async def headers(
+        self, folder: str, uids: list[int] | None
+    ) -> AsyncGenerator[list[NewMessage], None]:
+        if uids is None:
+            uids = await self.uids(folder)
         for i in range(0, len(uids), self.batch):
             part = uids[i : i + self.batch]
             yield await asyncio.to_thread(self._read_headers, folder, part)

@@ -33,7 +33,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Set
 from pathlib import Path
 
 import msgspec
@@ -300,7 +300,7 @@ class WorkerBatches:
     ``drain`` hands answered chunks over in order; ``finish`` sends the rest and hands on
     each answer as it comes."""
 
-    def __init__(self, wanted: set[int], worker: ParseWorker, size: int = CHUNK) -> None:
+    def __init__(self, wanted: Set[int], worker: ParseWorker, size: int = CHUNK) -> None:
         self.wanted = wanted
         self.worker = worker
         self.size = max(1, size)
