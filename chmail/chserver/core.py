@@ -60,12 +60,14 @@ class LeaseWriter:
     queued allocations commits them as soon as its frames are dispatched (``read_done``,
     a read hook of the server: a lone allocation is answered without waiting for another
     loop turn); allocations from later reads of the same turn are committed together,
-    in one transaction, at the start of the next turn (``call_soon``: no timer), so a
-    busy turn costs at most two commits. The commit runs on the event loop's thread, on
-    a connection that only writes the lease file (leasestore.py), so it costs tens of
-    microseconds and waits for nobody. A new block of lease numbers is reserved in the
-    same transaction as the leases using it. Every ``CHECKPOINT_EVERY`` commits the WAL
-    is checkpointed in a worker thread.
+    in one transaction, at the start of the next turn (``call_soon``, scheduled after
+    the inline commit and its replies: no timer), so a busy turn costs at most two
+    commits. Allocations submitted outside a read (``schedule``) wait for that one.
+    The commit runs on the event loop's thread, on a connection that only writes the
+    lease file (leasestore.py), so it costs tens of microseconds and waits for nobody.
+    A new block of lease numbers is reserved in the same transaction as the leases
+    using it. Every ``CHECKPOINT_EVERY`` commits the WAL is checkpointed in a worker
+    thread.
     """
 
     def __init__(self, db: LeaseStore, pool: PortPool) -> None:
@@ -78,21 +80,32 @@ class LeaseWriter:
         self._inline_done = False  # this turn's inline commit has been used
         self._commits = 0  # since the last checkpoint
         self._checkpoint: asyncio.Future[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def submit(self, lease: Lease, ctx: Context, req_id: int, reply: bytes) -> None:
         """Commit ``lease`` with this turn's batch, then send the frame ``reply`` on
         ``ctx`` (or, if the commit fails, an ``error`` answering ``req_id``)."""
         self._batch[lease.port] = lease
         self._waiting.append((ctx, req_id, reply))
-        if not self._scheduled:
-            self._scheduled = True
-            ctx.loop.call_soon(self._commit)
 
     def read_done(self) -> None:
-        """After one read's frames: commit (and answer) now, once per loop turn."""
-        if self._batch and not self._inline_done:
+        """After one read's frames: commit (and answer) now, once per loop turn; the
+        next turn commits what later reads of this turn submit."""
+        if not self._batch:
+            return
+        if not self._inline_done:
             self._inline_done = True
             self._save()
+        self.schedule()
+
+    def schedule(self) -> None:
+        """Commit at the start of the next loop turn (for submissions outside a read,
+        which no ``read_done`` follows; and to free the next turn's inline commit)."""
+        if not self._scheduled:
+            self._scheduled = True
+            if self._loop is None:  # kept: get_running_loop() makes a system call (3.11)
+                self._loop = asyncio.get_running_loop()
+            self._loop.call_soon(self._commit)
 
     async def flush(self) -> None:
         """Commit (and answer) every lease submitted so far."""
@@ -270,7 +283,9 @@ class Core:
                 ctx.fail(p.E_AUTH_FAILED, f"the login {login!r} was removed from this server")
 
     async def alloc(self, ctx: Context, msg: p.Alloc) -> p.Message | None:
-        return self.alloc_now(ctx, msg)
+        reply = self.alloc_now(ctx, msg)
+        self.writer.schedule()  # not in a read: no read hook will commit it
+        return reply
 
     def alloc_now(self, ctx: Context, msg: p.Alloc) -> p.Message | None:
         """Inline in the dispatcher (no task): decide, sign, queue for the commit."""
