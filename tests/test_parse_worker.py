@@ -11,7 +11,8 @@ from pathlib import Path
 
 from chmail.client.backends import parse_worker
 from chmail.client.backends.imap import ImapBackend
-from chmail.client.backends.parse_worker import ParseWorker, parse_span
+from chmail.client.backends.parse_child import parse_span
+from chmail.client.backends.parse_worker import ParseWorker
 from chmail.client.cache import Cache
 from chmail.client.sync import Syncer
 from chmail.devmail.seed import demo_messages, seed_imap

@@ -10,6 +10,9 @@ which reads every shape (and is what this must agree with; see the tests).
 
 from __future__ import annotations
 
+import functools
+import logging
+import re
 from operator import methodcaller
 
 from chmail.client.cache_models import NewMessage
@@ -26,10 +29,35 @@ from chmail.client.mime_headers import (
     new_message,
 )
 
+log = logging.getLogger(__name__)
+
+# One whole FETCH item of a header sync up to its literal, in the order Dovecot (and most
+# servers) answer the items asked for: (uid, flags, size, literal size). A run of such
+# items, each closed by ")\r\n" right after its literal, is what the stream reader hands
+# the parse helper (imap_protocol.py, parse_child.py).
+SPAN_ITEM = re.compile(
+    rb"\* [0-9]+ FETCH \(UID ([0-9]+) FLAGS \(([^)]*)\) RFC822\.SIZE ([0-9]+) "
+    rb"BODY\[HEADER\.FIELDS \([^)\r\n]*\)\] \{([0-9]+)\}\r\n"
+)
 _NAME_VALUE = methodcaller("split", b": ", 1)
 _CH = frozenset(f.encode() for f in SYNC_FIELDS if f.lower().startswith("x-ch-"))
 # The spellings this path reads; a block with any other field name takes the slow path.
 _USUAL = frozenset(f.encode() for f in SYNC_FIELDS)
+
+
+def parse_one(uid: int, flags: bytes, size: int, block: bytes) -> NewMessage:
+    """One message of a streamed header FETCH (a parser bug must not stall the reader, nor
+    lose the message: it is stored with what the FETCH line says)."""
+    try:
+        return sync_message(uid, block, _split_flags(flags), size)
+    except Exception:
+        log.exception("header block of UID %s unreadable", uid)
+        return NewMessage(uid, flags=_split_flags(flags), size=size)
+
+
+@functools.lru_cache(maxsize=256)  # few flag sets per mailbox
+def _split_flags(raw: bytes) -> tuple[str, ...]:
+    return tuple(raw.decode("ascii", "replace").split())
 
 
 def sync_message(uid: int, block: bytes, flags: tuple[str, ...], size: int) -> NewMessage:

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import functools
 import logging
 import re
 from collections.abc import AsyncIterator, Iterable, Iterator, Set
 from typing import Any
 
-from chmail.client.backends.imap_headers import sync_message
+from chmail.client.backends.imap_headers import _split_flags, parse_one, sync_message
 from chmail.client.cache_models import NewMessage
 from chmail.client.gcpause import collector_paused
 from chmail.client.mime_headers import new_message
@@ -214,21 +213,6 @@ class HeaderBatches:
         """What is left once the FETCH is over."""
         if self.messages:
             yield self.drain()
-
-
-def parse_one(uid: int, flags: bytes, size: int, block: bytes) -> NewMessage:
-    """One message of a streamed header FETCH (a parser bug must not stall the reader, nor
-    lose the message: it is stored with what the FETCH line says)."""
-    try:
-        return sync_message(uid, block, _split_flags(flags), size)
-    except Exception:
-        log.exception("header block of UID %s unreadable", uid)
-        return NewMessage(uid, flags=_split_flags(flags), size=size)
-
-
-@functools.lru_cache(maxsize=256)  # few flag sets per mailbox
-def _split_flags(raw: bytes) -> tuple[str, ...]:
-    return tuple(raw.decode("ascii", "replace").split())
 
 
 def _copyuid(lines: list[Any]) -> dict[int, int]:

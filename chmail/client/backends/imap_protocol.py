@@ -32,6 +32,7 @@ from typing import Any
 
 from aioimaplib import aioimaplib as _aio
 
+from chmail.client.backends.imap_headers import SPAN_ITEM
 from chmail.client.gcpause import collector_paused
 
 log = logging.getLogger(__name__)
@@ -51,12 +52,6 @@ _STREAM_ITEM = re.compile(
 )
 # take(uid, flags, size, header literal) -> True to pause reading
 Take = Callable[[int, bytes, int, bytes], bool]
-# The same shape as one whole FETCH line up to its literal: (uid, flags, size, literal
-# size). The span reader matches it once per message and hands on whole runs of items.
-SPAN_ITEM = re.compile(
-    rb"\* [0-9]+ FETCH \(UID ([0-9]+) FLAGS \(([^)]*)\) RFC822\.SIZE ([0-9]+) "
-    rb"BODY\[HEADER\.FIELDS \([^)\r\n]*\)\] \{([0-9]+)\}\r\n"
-)
 # take_span(run of usual-shape items as sent, how many) -> True to pause reading
 TakeSpan = Callable[[bytes, int], bool]
 

@@ -5,13 +5,13 @@ every header block and stages the rows, all under one GIL. Parsing is the larges
 and needs nothing but the bytes, so for a big FETCH (``WORKER_MIN`` messages or more) the
 reader only finds where each message ends (one regex match) and ships the FETCH's bytes,
 as they came, in chunks of about ``CHUNK`` messages to one helper process (``python -m
-chmail.client.backends.parse_worker``), which cuts and parses them with the same
+chmail.client.backends.parse_child``), which cuts and parses them with the same
 ``sync_message`` and sends the results back in order; the loop meanwhile reads on and
 stores what has come back.
 
 Wire, both ways over the helper's stdin/stdout: frames of a 4-byte big-endian length and a
 body. Parent to helper: a run of whole FETCH items of the usual shape, as the server sent
-them (``imap_protocol.SPAN_ITEM``); helper to parent: a msgpack array of one array of the
+them (``imap_headers.SPAN_ITEM``); helper to parent: a msgpack array of one array of the
 14 ``NewMessage`` fields per item, in order.
 
 Nothing depends on the helper: if it cannot start, dies, or sends garbage, every chunk it
@@ -30,7 +30,6 @@ import contextlib
 import fcntl
 import logging
 import os
-import signal
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Set
@@ -38,10 +37,8 @@ from pathlib import Path
 
 import msgspec
 
-from chmail.client.backends.imap_parse import parse_one
-from chmail.client.backends.imap_protocol import SPAN_ITEM
+from chmail.client.backends.parse_child import frame, parse_span
 from chmail.client.cache_models import NewMessage
-from chmail.client.gcpause import collector_paused
 
 log = logging.getLogger(__name__)
 
@@ -58,29 +55,7 @@ _Fields = tuple[
     int, str, str, list[str], str, str, str, str, str, int, tuple[str, ...], int,
     list[tuple[str, str]], list[tuple[str, str]],
 ]  # fmt: skip
-_ENCODE = msgspec.msgpack.Encoder().encode
 _RESULTS = msgspec.msgpack.Decoder(list[_Fields])
-
-
-def parse_span(span: bytes) -> list[NewMessage]:
-    """Cut and parse a run of FETCH items (what the helper does with one chunk, and the
-    parent when there is no helper)."""
-    out = []
-    match, pos, end = SPAN_ITEM.match, 0, len(span)
-    while pos < end:
-        m = match(span, pos)
-        if m is None:  # (the reader matched the same pattern: never, short of a bug)
-            log.error("a chunk of the header FETCH is not of the shape it was cut at")
-            break
-        start = m.end()
-        stop = start + int(m[4])
-        out.append(parse_one(int(m[1]), m[2], int(m[3]), span[start:stop]))
-        pos = stop + 3  # ")\r\n"
-    return out
-
-
-def _frame(body: bytes) -> bytes:
-    return len(body).to_bytes(4, "big") + body
 
 
 class ParseWorker:
@@ -89,7 +64,7 @@ class ParseWorker:
     def __init__(
         self, argv: list[str] | None = None, *, answer_timeout: float = ANSWER_TIMEOUT
     ) -> None:
-        self.argv = argv or [sys.executable, "-m", "chmail.client.backends.parse_worker"]
+        self.argv = argv or [sys.executable, "-m", "chmail.client.backends.parse_child"]
         self.answer_timeout = answer_timeout
         self.answered = 0  # chunks the helper parsed (not counting any parsed here)
         self._proc: subprocess.Popen[bytes] | None = None
@@ -156,7 +131,7 @@ class ParseWorker:
         self._owed.append((fut, span, count))
         if len(self._owed) == 1:
             self._arm()
-        self._wbuf += _frame(span)
+        self._wbuf += frame(span)
         self._flush()
         return fut
 
@@ -374,26 +349,3 @@ def shared() -> ParseWorker:
         _shared = ParseWorker()
         atexit.register(_shared.close)
     return _shared
-
-
-def main() -> None:
-    """The helper: frames of FETCH items in, frames of parsed messages out, until EOF."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the terminal's Ctrl-C is the parent's
-    rd, wr = sys.stdin.buffer, sys.stdout.buffer
-    while True:
-        head = rd.read(4)
-        if len(head) < 4:
-            return
-        span = rd.read(int.from_bytes(head, "big"))
-        with collector_paused():  # (see gcpause.py)
-            out = [
-                (m.uid, m.message_id, m.in_reply_to, m.references, m.from_name, m.from_addr,
-                 m.to, m.cc, m.subject, m.date, m.flags, m.size, m.ch_headers, m.addresses)
-                for m in parse_span(span)
-            ]  # fmt: skip
-        wr.write(_frame(_ENCODE(out)))
-        wr.flush()
-
-
-if __name__ == "__main__":
-    main()

@@ -1,0 +1,66 @@
+"""The parse helper's own side (``python -m chmail.client.backends.parse_child``): frames
+of FETCH items in on stdin, frames of parsed messages out on stdout, until EOF.
+
+Kept apart from parse_worker.py (the parent's side) so that the helper imports only what
+parsing needs (no asyncio: a third of a cold start). The wire is described there.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+
+import msgspec
+
+from chmail.client.backends.imap_headers import SPAN_ITEM, parse_one
+from chmail.client.cache_models import NewMessage
+from chmail.client.gcpause import collector_paused
+
+log = logging.getLogger(__name__)
+
+ENCODE = msgspec.msgpack.Encoder().encode
+
+
+def parse_span(span: bytes) -> list[NewMessage]:
+    """Cut and parse a run of FETCH items (what the helper does with one chunk, and the
+    parent when there is no helper)."""
+    out = []
+    match, pos, end = SPAN_ITEM.match, 0, len(span)
+    while pos < end:
+        m = match(span, pos)
+        if m is None:  # (the reader matched the same pattern: never, short of a bug)
+            log.error("a chunk of the header FETCH is not of the shape it was cut at")
+            break
+        start = m.end()
+        stop = start + int(m[4])
+        out.append(parse_one(int(m[1]), m[2], int(m[3]), span[start:stop]))
+        pos = stop + 3  # ")\r\n"
+    return out
+
+
+def frame(body: bytes) -> bytes:
+    """A 4-byte big-endian length, then the body."""
+    return len(body).to_bytes(4, "big") + body
+
+
+def main() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the terminal's Ctrl-C is the parent's
+    rd, wr = sys.stdin.buffer, sys.stdout.buffer
+    while True:
+        head = rd.read(4)
+        if len(head) < 4:
+            return
+        span = rd.read(int.from_bytes(head, "big"))
+        with collector_paused():  # (see gcpause.py)
+            out = [
+                (m.uid, m.message_id, m.in_reply_to, m.references, m.from_name, m.from_addr,
+                 m.to, m.cc, m.subject, m.date, m.flags, m.size, m.ch_headers, m.addresses)
+                for m in parse_span(span)
+            ]  # fmt: skip
+        wr.write(frame(ENCODE(out)))
+        wr.flush()
+
+
+if __name__ == "__main__":
+    main()
