@@ -41,6 +41,20 @@ def _span(first: int = 0, last: int | None = None) -> tuple[bytes, int]:
     return b"".join(items), len(items)
 
 
+# A stand-in helper's first words, as the real one says them (parse_child.READY).
+READY_PY = "import sys; sys.stdout.buffer.write(bytes(4)); sys.stdout.flush()"
+
+
+async def _ready(worker: ParseWorker) -> None:
+    """Start ``worker`` and wait (polling, with a deadline) until it has said READY."""
+    assert worker.start()
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 30
+    while not worker._ready():
+        assert loop.time() < deadline, "the helper never said READY"
+        await asyncio.sleep(0.01)  # polling a condition with a deadline
+
+
 def _fields(msgs: list[object]) -> list[dict[str, object]]:
     return [dataclasses.asdict(m) for m in msgs]  # type: ignore[call-overload]
 
@@ -50,6 +64,7 @@ async def test_helper_parses_like_the_parent() -> None:
     parent gives, for well-formed and malformed header blocks alike."""
     chunks = [_span(i, i + 40) for i in range(0, 160, 40)]
     worker = ParseWorker()
+    await _ready(worker)
     try:
         futs = [worker.submit(span, n) for span, n in chunks]
         got = [m for fut in futs for m in await asyncio.wait_for(fut, 30)]
@@ -68,8 +83,9 @@ async def test_helper_parses_like_the_parent() -> None:
 async def test_helper_that_dies_mid_chunk_loses_nothing() -> None:
     """A helper that exits with chunks owed: they are parsed in the parent, and later
     chunks too (the helper is not used again)."""
-    quits = [sys.executable, "-c", "import sys; sys.stdin.buffer.read(4)"]
+    quits = [sys.executable, "-c", f"{READY_PY}; sys.stdin.buffer.read(4)"]
     worker = ParseWorker(quits)
+    await _ready(worker)
     try:
         first = worker.submit(*_span(0, 80))
         second = worker.submit(*_span(80))
@@ -88,11 +104,12 @@ async def test_helper_sending_garbage_or_hanging_loses_nothing() -> None:
     parsed in the parent."""
     span, n = _span(0, 30)
     garbage = [sys.executable, "-c",
-               "import sys; sys.stdout.buffer.write(b'\\x00\\x00\\x00\\x03\\xc1\\xc1\\xc1');"
+               f"{READY_PY}; sys.stdout.buffer.write(b'\\x00\\x00\\x00\\x03\\xc1\\xc1\\xc1');"
                " sys.stdout.flush(); sys.stdin.buffer.read()"]  # fmt: skip
-    hangs = [sys.executable, "-c", "import sys; sys.stdin.buffer.read()"]
+    hangs = [sys.executable, "-c", f"{READY_PY}; sys.stdin.buffer.read()"]
     for argv in (garbage, hangs):
         worker = ParseWorker(argv, answer_timeout=0.5)
+        await _ready(worker)
         try:
             got = await asyncio.wait_for(worker.submit(span, n), 30)
             assert worker.broken
@@ -111,6 +128,7 @@ async def test_big_sync_through_the_helper_stores_what_in_process_parsing_stores
     await seed_imap("127.0.0.1", mailstack.imap_port, mail_user.name, mail_user.password,
                     demo_messages(n, to=("U", mail_user.address)))  # fmt: skip
     shared = parse_worker.shared()
+    await _ready(shared)  # (chunks sent before it is ready are parsed here)
     answered = shared.answered
     rows = []
     for use in (True, False):
@@ -135,3 +153,19 @@ async def test_big_sync_through_the_helper_stores_what_in_process_parsing_stores
     assert shared.answered > answered  # the helper did parse the first sync
     assert len(rows[0]) == n
     assert rows[0] == rows[1]
+
+
+async def test_chunks_before_the_helper_is_ready_are_parsed_here() -> None:
+    """While the helper has not said READY (still starting), chunks are parsed in the
+    parent at once: a sync never waits on a helper's start."""
+    slow = [sys.executable, "-c", "import sys; sys.stdin.buffer.read()"]  # never READY
+    span, n = _span(0, 20)
+    worker = ParseWorker(slow)
+    try:
+        fut = worker.submit(span, n)
+        assert fut.done()
+        assert _fields(fut.result()) == _fields(parse_span(span))  # type: ignore[arg-type]
+        assert worker.answered == 0
+        assert not worker.broken
+    finally:
+        worker.close()

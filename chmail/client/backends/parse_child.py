@@ -20,6 +20,7 @@ from chmail.client.gcpause import collector_paused
 log = logging.getLogger(__name__)
 
 ENCODE = msgspec.msgpack.Encoder().encode
+READY = b"\0\0\0\0"  # an empty frame: the helper's first words, once it can parse
 
 
 def parse_span(span: bytes) -> list[NewMessage]:
@@ -47,6 +48,8 @@ def frame(body: bytes) -> bytes:
 def main() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the terminal's Ctrl-C is the parent's
     rd, wr = sys.stdin.buffer, sys.stdout.buffer
+    wr.write(READY)
+    wr.flush()
     while True:
         head = rd.read(4)
         if len(head) < 4:
