@@ -159,6 +159,12 @@ class FastProtocol(_aio.IMAP4ClientProtocol):  # type: ignore[misc]
         if self.pending_sync_command is not None:
             self.pending_sync_command.flush()
 
+    def _too_large(self, size: int) -> LiteralTooLarge:
+        return LiteralTooLarge(
+            f"The IMAP server announced a {size:,}-byte item, more than the "
+            f"{self.max_literal:,}-byte limit; the connection was closed."
+        )
+
     def _pause(self) -> None:
         self._paused = True
         if self.transport is not None:
@@ -204,10 +210,7 @@ class FastProtocol(_aio.IMAP4ClientProtocol):  # type: ignore[misc]
             if m:
                 size = int(m.group(1))
                 if size > self.max_literal:
-                    raise LiteralTooLarge(
-                        f"The IMAP server announced a {size:,}-byte item, more than the "
-                        f"{self.max_literal:,}-byte limit; the connection was closed."
-                    )
+                    raise self._too_large(size)
                 if cmd2 is None:
                     cmd2 = _aio.Command("NIL", "unused", loop=self.loop)
                 cmd2.begin_literal_data(size)
@@ -236,10 +239,7 @@ class FastProtocol(_aio.IMAP4ClientProtocol):  # type: ignore[misc]
                 break  # not the usual shape (or not a whole line yet)
             size = int(m[4])
             if size > self.max_literal:
-                raise LiteralTooLarge(
-                    f"The IMAP server announced a {size:,}-byte item, more than the "
-                    f"{self.max_literal:,}-byte limit; the connection was closed."
-                )
+                raise self._too_large(size)
             stop = m.end() + size
             if stop + 3 > end:
                 wait = True
@@ -273,10 +273,7 @@ class FastProtocol(_aio.IMAP4ClientProtocol):  # type: ignore[misc]
                 return pos, False
             size = int(digits)
             if size > self.max_literal:
-                raise LiteralTooLarge(
-                    f"The IMAP server announced a {size:,}-byte item, more than the "
-                    f"{self.max_literal:,}-byte limit; the connection was closed."
-                )
+                raise self._too_large(size)
             start = eol + 2
             stop = start + size
             if stop + 3 > end:
@@ -309,10 +306,7 @@ class FastProtocol(_aio.IMAP4ClientProtocol):  # type: ignore[misc]
             return 0
         size = int(m.group(1))
         if size > self.max_literal:
-            raise LiteralTooLarge(
-                f"The IMAP server announced a {size:,}-byte item, more than the "
-                f"{self.max_literal:,}-byte limit; the connection was closed."
-            )
+            raise self._too_large(size)
         stop = start + size
         if stop > end:
             return -1
