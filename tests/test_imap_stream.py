@@ -11,6 +11,7 @@ from typing import Any
 from chmail.client.backends.imap import SYNC_ITEMS, ImapBackend
 from chmail.client.backends.imap_parse import HeaderBatches, parse_headers_response
 from chmail.client.backends.imap_protocol import FastProtocol, StreamFetchCommand
+from chmail.client.backends.parse_child import parse_span
 from chmail.client.cache_models import NewMessage
 from chmail.devmail.seed import seed_imap
 from tests.fixtures.mailstack import MailStack, MailUser
@@ -195,3 +196,80 @@ async def test_connect_cancelled_before_the_greeting_closes_its_socket() -> None
             writer.close()
         server.close()
         await server.wait_closed()
+
+
+async def _feed_spans(chunks: list[bytes], n: int, limit: int) -> tuple[list[NewMessage], Any]:
+    """One streamed FETCH over ``chunks`` in span mode (what the parse helper is sent):
+    runs of usual-shape items, cut on the loop; the other shapes as lines."""
+    loop = asyncio.get_running_loop()
+    proto = FastProtocol(loop, None)
+    wire = Wire()
+    proto.connection_made(wire)
+    proto.state = "SELECTED"
+    spans: list[tuple[bytes, int]] = []
+
+    def take_span(span: bytes, count: int) -> bool:
+        assert 0 < count <= limit
+        spans.append((span, count))
+        return False
+
+    cmd = StreamFetchCommand(
+        proto.new_tag(), "1:*", SYNC_ITEMS, take_span=take_span, span_limit=limit,
+        prefix="UID", loop=loop, timeout=None,
+    )  # fmt: skip
+    task = asyncio.ensure_future(proto.execute(cmd))
+    await asyncio.sleep(0)  # let execute() send the command
+    tag = wire.sent.split(b" ", 1)[0]
+    for chunk in [*chunks, tag + b" OK Fetch completed.\r\n"]:
+        proto.data_received(chunk)
+    res = await asyncio.wait_for(task, 5)
+    msgs = []
+    for span, count in spans:
+        got = parse_span(span)
+        assert len(got) == count
+        msgs += got
+    return msgs + parse_headers_response(res.lines, set(range(101, 101 + n))), res
+
+
+async def test_span_mode_in_random_splits_gives_every_message_once() -> None:
+    """In span mode (for the parse helper) every message arrives once, parsed as in the
+    per-message mode, whatever the chunking and the span limit."""
+    data, uids = _response(300)
+    whole, _ = await _feed([data], 300, batch=1000)
+    expected = sorted((m.uid, m.subject, m.from_addr, m.flags) for b in whole for m in b)
+    for seed in range(6):
+        rng = random.Random(seed)
+        chunks = [data] if seed == 0 else _splits(data, rng)
+        msgs, res = await _feed_spans(chunks, 300, limit=rng.choice([1, 7, 64, 1000]))
+        assert res.result == "OK"
+        assert sorted((m.uid, m.subject, m.from_addr, m.flags) for m in msgs) == expected
+        assert sorted(m.uid for m in msgs) == uids
+
+
+async def test_span_mode_refuses_an_oversized_literal() -> None:
+    """A literal over the cap in span mode closes the connection with the limit named,
+    before anything of it is buffered for the helper."""
+    loop = asyncio.get_running_loop()
+    proto = FastProtocol(loop, None, max_literal=1000)
+    wire = Wire()
+    closed = []
+    wire.close = lambda: closed.append(True)  # type: ignore[method-assign]
+    proto.connection_made(wire)
+    proto.state = "SELECTED"
+    spans: list[bytes] = []
+    cmd = StreamFetchCommand(
+        proto.new_tag(), "1:*", SYNC_ITEMS, take_span=lambda s, n: spans.append(s) or False,
+        prefix="UID", loop=loop, timeout=None,
+    )  # fmt: skip
+    task = asyncio.ensure_future(proto.execute(cmd))
+    await asyncio.sleep(0)
+    proto.data_received(
+        b"* 1 FETCH (UID 5 FLAGS () RFC822.SIZE 9 BODY[HEADER.FIELDS (FROM)] {999999}\r\nFrom:"
+    )
+    task.cancel()  # (the wire here cannot report the close back)
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    assert closed
+    assert proto.error is not None
+    assert "limit" in str(proto.error)
+    assert not spans
