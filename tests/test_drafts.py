@@ -18,7 +18,7 @@ from chmail.client.drafts import draft_mime
 from chmail.client.outbox import Outbox, SmtpTarget
 from chmail.client.sync import Syncer
 from chmail.config import AccountConfig
-from chmail.devmail.dovecot import free_port
+from chmail.devmail.dovecot import Dovecot, free_port
 from tests.fixtures.mailstack import MailStack, MailUser
 
 
@@ -152,3 +152,35 @@ def test_draft_mime_keeps_what_was_typed_safely() -> None:
     msg = email.message_from_bytes(full, policy=email.policy.default)
     assert (msg["To"], msg["In-Reply-To"], msg["References"]) == (
         "Bob <bob@example.org>", "<p@x>", "<p@x>")  # fmt: skip
+
+
+async def test_without_uidplus_a_draft_still_keeps_one_copy(tmp_path: Path) -> None:
+    """Against a server without UIDPLUS (no APPENDUID), each save still leaves exactly one
+    server copy, the newest (found by its Message-ID), and deleting the draft removes it."""
+    dv = Dovecot(users={"nu": "nupw"}, ssl=False,
+                 imap_capability="IMAP4rev1 SASL-IR LITERAL+ ENABLE IDLE SPECIAL-USE")  # fmt: skip
+    dv.start()
+    cache = await Cache.open(tmp_path / "cache.sqlite3")
+    try:
+        user = MailUser("nu", "nupw", MailStack(dv, None))  # type: ignore[arg-type]
+        stack = user.stack
+        b = _backend(stack, user)
+        await b.connect()
+        assert "UIDPLUS" not in b.capabilities
+        box = _outbox(cache, user, b)
+        assert box.draft_copies is not None
+        d = Draft(to="bob@example.org", subject="v1", body="first")
+        d.draft_id = await box.save_draft(d)
+        await box.draft_copies.push_soon()
+        assert [m["Subject"] for _, m in server_drafts(stack, user)] == ["v1"]
+        for version in ("v2", "v3"):
+            d.subject = version
+            await box.save_draft(d)
+            await box.draft_copies.push_soon()
+            assert [m["Subject"] for _, m in server_drafts(stack, user)] == [version]
+        await box.delete_draft(d.draft_id)
+        assert server_drafts(stack, user) == []
+        await b.close()
+    finally:
+        await cache.close()
+        dv.cleanup()

@@ -130,12 +130,19 @@ class DraftMirror:
                 folder = await self._folder()
                 raw = draft_mime(self.account, d.message_id, d.fields)
                 uid = await self.store.append(folder, raw, flags=(DRAFT, SEEN))
+                stale: list[int] = []
+                if uid is None:  # no UIDPLUS: the newest copy with its Message-ID is it
+                    found = await self.store.find_message_id(folder, d.message_id)
+                    uid, stale = (found[-1], found[:-1]) if found else (None, [])
                 if not await cache_drafts.set_copy(self.cache, d.id, folder, uid or 0, d.updated):
-                    if uid:  # deleted while we copied it: the new copy goes too
-                        await self._remove(folder, uid)
+                    for old in [*stale, *([uid] if uid else [])]:  # deleted while we copied
+                        await self._remove(folder, old)
                     continue
+                gone = {(folder, old) for old in stale}  # older copies, by Message-ID
                 if d.server_uid and (d.server_folder, d.server_uid) != (folder, uid):
-                    await self._remove(d.server_folder, d.server_uid)
+                    gone.add((d.server_folder, d.server_uid))
+                for where, old in sorted(gone):
+                    await self._remove(where, old)
                 n += 1
             return n
 

@@ -128,7 +128,7 @@ service lmtp {{
 protocol lmtp {{
   postmaster_address = postmaster@localhost
 }}
-"""
+{imap_lines}"""
 
 
 def available() -> bool:
@@ -154,6 +154,9 @@ class Dovecot:
     mail_root: Path | None = None  # where user homes (Maildirs) live; default {root}/mail
     ssl: bool = True
     fsync: bool = False  # off for tests; `chmail devmail` turns it on
+    # The capabilities IMAP advertises, if not Dovecot's own (tests of clients facing
+    # servers without an extension, e.g. without UIDPLUS).
+    imap_capability: str = ""
     root: Path = field(init=False)
     imap_port: int = 0
     imaps_port: int = 0
@@ -212,6 +215,11 @@ class Dovecot:
                 imap_port=self.imap_port,
                 imaps_port=self.imaps_port if self.ssl else 0,
                 pop3_port=self.pop3_port,
+                imap_lines=(
+                    f"protocol imap {{\n  imap_capability = {self.imap_capability}\n}}\n"
+                    if self.imap_capability
+                    else ""
+                ),
             )
         )
         self.write_users()

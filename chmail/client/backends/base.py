@@ -117,6 +117,11 @@ class Backend(Protocol):
         """Store a message; returns its UID when known."""
         ...
 
+    async def find_message_id(self, folder: str, message_id: str) -> list[int]:
+        """UIDs of the messages whose Message-ID is ``message_id`` (``<...>``), ascending:
+        how an APPEND's UID is found when the store does not say it (no UIDPLUS)."""
+        ...
+
     async def wait_changes(self, folder: str, seconds: float) -> bool:
         """Block until the folder changes (IMAP IDLE) or ``seconds`` pass; True if it changed."""
         ...

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import ssl
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Set
 from typing import Any, TypeVar
@@ -295,13 +296,7 @@ class ImapBackend:
         async with self._lock:
             await self._ensure(folder)
             res = await self._cmd(self._proto().run, "SEARCH", "ALL", prefix="UID")
-        found: list[int] = []
-        for line in res.lines[:-1]:
-            if isinstance(line, bytes):
-                # "* SEARCH 1 2 3" arrives as "1 2 3" (aioimaplib strips the name).
-                words = line[6:] if line.startswith(b"SEARCH") else line
-                found.extend(int(x) for x in words.split() if x.isdigit())
-        return sorted(found)
+        return _search_uids(res.lines)
 
     async def headers(
         self, folder: str, uids: list[int] | None
@@ -440,12 +435,25 @@ class ImapBackend:
             proto = self._proto()
             flag_text = f"({' '.join(flags)})" if flags else None
             res = await self._cmd(proto.append, raw, mailbox(folder), flag_text, date)
+        if "UIDPLUS" not in self.capabilities:  # APPENDUID is UIDPLUS's (RFC 4315 3)
+            return None
         for line in res.lines:
             if isinstance(line, bytes):
                 m = _APPENDUID.search(line)
                 if m:
                     return int(m.group(1))
         return None
+
+    async def find_message_id(self, folder: str, message_id: str) -> list[int]:
+        if not _MESSAGE_ID.fullmatch(message_id):  # it goes into a command line
+            raise MailError(f"Not a Message-ID to search for: {message_id!r}.")
+        async with self._lock:
+            await self._ensure(folder)
+            res = await self._cmd(
+                self._proto().run, "SEARCH", "HEADER", "Message-ID", quote(message_id),
+                prefix="UID",
+            )  # fmt: skip
+        return _search_uids(res.lines)
 
     async def create_folder(self, name: str) -> None:
         async with self._lock:
@@ -483,6 +491,20 @@ class ImapBackend:
                 await self._drop()
                 raise ConnectionLost(f"The IMAP server {self.host} closed the connection.")
             return changed
+
+
+_MESSAGE_ID = re.compile(r"<[!-;=?-~]{1,246}>")  # no space, quote, CR or LF
+
+
+def _search_uids(lines: list[Any]) -> list[int]:
+    """The UIDs of a UID SEARCH reply, ascending."""
+    found: list[int] = []
+    for line in lines[:-1]:
+        if isinstance(line, bytes):
+            # "* SEARCH 1 2 3" arrives as "1 2 3" (aioimaplib strips the name).
+            words = line[6:] if line.startswith(b"SEARCH") else line
+            found.extend(int(x) for x in words.split() if x.isdigit())
+    return sorted(found)
 
 
 async def _either(event: asyncio.Event, task: asyncio.Future[Any]) -> None:

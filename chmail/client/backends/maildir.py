@@ -274,6 +274,11 @@ class MaildirBackend:
 
         await asyncio.to_thread(run)
 
+    async def find_message_id(self, folder: str, message_id: str) -> list[int]:
+        uids = await self.uids(folder)
+        found = await asyncio.to_thread(self._read_headers, folder, uids)
+        return [m.uid for m in found if m.message_id == message_id]
+
     async def append(
         self, folder: str, raw: bytes, flags: Iterable[str] = (), date: float | None = None
     ) -> int | None:
