@@ -497,7 +497,7 @@ def _fast_hint(hint: Any) -> Any:
     raise TypeError(f"no fast decoding for fields of type {hint!r}")
 
 
-def _fast_struct(cls: type[Message]) -> tuple[type[msgspec.Struct], tuple[str, ...]]:
+def _fast_struct(cls: type[Message]) -> type[msgspec.Struct]:
     fields: list[tuple[str, Any, Any]] = []
     for f in dataclasses.fields(cls):
         default: Any = f.default
@@ -512,23 +512,22 @@ def _fast_struct(cls: type[Message]) -> tuple[type[msgspec.Struct], tuple[str, .
         forbid_unknown_fields=True,
         gc=False,
     )
-    return struct, tuple(name for name, _, _ in fields)
+    return struct
 
 
-def _fast_decoder() -> tuple[Callable[[bytes], Any], dict[type[Any], Any]]:
-    structs: dict[type[Any], tuple[type[Message], tuple[str, ...]]] = {}
+def _fast_decoder() -> tuple[Callable[[bytes], Any], dict[type[Any], type[Message]]]:
+    structs: dict[type[Any], type[Message]] = {}
     for t in FAST_TYPES:
         cls = REGISTRY[t]
         if _defaults(cls) is None:
             raise TypeError(f"{t!r} cannot be built from its fields alone")
-        struct, names = _fast_struct(cls)
-        structs[struct] = (cls, names)
+        structs[_fast_struct(cls)] = cls
     union: Any = typing.Union[tuple(structs)]  # noqa: UP007  (built at run time)
     return msgspec.msgpack.Decoder(union).decode, structs
 
 
 _FAST_DECODE, _FAST_STRUCTS = _fast_decoder()
-_astuple = msgspec.structs.astuple
+_asdict = msgspec.structs.asdict
 
 
 def decode_fast(body: bytes) -> Message | None:
@@ -538,9 +537,8 @@ def decode_fast(body: bytes) -> Message | None:
         s = _FAST_DECODE(body)
     except Exception:  # MsgspecError, UnicodeDecodeError...: the general path judges it
         return None
-    cls, names = _FAST_STRUCTS[type(s)]
-    msg: Message = object.__new__(cls)
-    msg.__dict__.update(zip(names, _astuple(s), strict=True))
+    msg: Message = object.__new__(_FAST_STRUCTS[type(s)])
+    msg.__dict__.update(_asdict(s))  # the struct's fields are the message's, by name
     return msg
 
 

@@ -293,7 +293,9 @@ class Core:
         try:
             message_id = headers.check_message_id(msg.message_id)
             context = headers.check_context(msg.context)
-            thread = [headers.check_message_id(t) for t in msg.thread[:MAX_THREAD]]
+            thread = (
+                [headers.check_message_id(t) for t in msg.thread[:MAX_THREAD]] if msg.thread else []
+            )
         except HeaderError as exc:
             raise ValidationError(exc.message, code=p.E_INVALID) from None
         recipients = check_recipients(msg.recipients)

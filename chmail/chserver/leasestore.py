@@ -56,6 +56,7 @@ class LeaseStore:
 
     def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
         self._conn = conn
+        self._cursor = conn.cursor()  # the one-lease save's, kept (not one per execute)
         self.path = path
         self._ckpt: sqlite3.Connection | None = None
 
@@ -79,6 +80,7 @@ class LeaseStore:
         if self._ckpt is not None:
             self._ckpt.close()
             self._ckpt = None
+        self._cursor.close()
         self._conn.close()  # the last connection to close checkpoints the rest
 
     # ------------------------------------------------------------------ reading
@@ -110,7 +112,7 @@ class LeaseStore:
         conn = self._conn
         try:
             if len(leases) == 1 and reserved is None:  # one statement: its own transaction
-                conn.execute(_SAVE_LEASE, _lease_row(leases[0]))
+                self._cursor.execute(_SAVE_LEASE, _lease_row(leases[0]))
                 return
             with _immediate(conn):
                 if len(leases) == 1:
