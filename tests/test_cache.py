@@ -124,6 +124,35 @@ async def test_search_fields_filters_and_bodies(cache: Cache) -> None:
     assert (await cache.get(lunch.pk)).has_body  # type: ignore[union-attr]
 
 
+async def test_cjk_words_are_found_inside_unspaced_text(cache: Cache) -> None:
+    """A Japanese or Chinese word inside a sentence written without spaces, and a Korean
+    word inside a compound, is found (by subject, sender and body); bodies cached later
+    and deleted messages keep the index right."""
+    f = await cache.upsert_folder("acc", "INBOX")
+    await cache.add_messages(
+        f.id,
+        [
+            _msg(1, subject="明日の会議について", from_name="田中太郎"),
+            _msg(2, subject="회의일정 안내"),
+            _msg(3, subject="会社の忘年会"),
+            _msg(4, subject="plain English"),
+        ],
+    )
+    assert [m.uid for m in await cache.search("会議")] == [1]
+    assert [m.uid for m in await cache.search("について")] == [1]
+    assert [m.uid for m in await cache.search("from:太郎")] == [1]
+    assert [m.uid for m in await cache.search("일정")] == [2]
+    assert [m.uid for m in await cache.search("会")] == [3, 1]
+    assert await cache.search("会議 忘年会") == []
+    assert [m.uid for m in await cache.search("engl")] == [4]
+    third = (await cache.search("忘年会"))[0]
+    await cache.set_body(third.pk, b"raw", "場所は新宿の居酒屋です")
+    assert [m.uid for m in await cache.search("body:新宿")] == [3]
+    await cache.remove_uids(f.id, [1])
+    assert await cache.search("会議") == []
+    assert [m.uid for m in await cache.search("会")] == [3]
+
+
 def test_query_syntax_never_reaches_fts_unquoted() -> None:
     """FTS5 operators and quotes in a user's query are taken as plain text."""
     expr, filters = fts_query('NEAR(a b) AND "x y" from:bob is:unread')
@@ -222,3 +251,43 @@ async def test_concurrent_ingest_sinks_keep_their_folders_apart(cache: Cache) ->
         rows = await cache.page(f.id, 0, 100, "date-asc")
         assert [m.subject for m in rows] == [f"f{i} {u}" for u in range(1, 41)]
         assert await cache.count(f.id) == 40
+
+
+async def test_cache_indexed_before_0006_is_reindexed_for_cjk(tmp_path: Path) -> None:
+    """A cache whose search index was built before CJK splitting (migration 0006) is
+    re-indexed on open: old mail is found by a word inside unspaced text, and deleting
+    it leaves the index consistent (FTS5 integrity check)."""
+    import shutil
+
+    from chmail import migrate
+
+    old = tmp_path / "migrations" / "client"
+    old.mkdir(parents=True)
+    project = Path(migrate.__file__).parent.parent / "migrations" / "client"
+    for sql in sorted(project.glob("*.sql")):
+        if int(sql.name[:4]) <= 5:
+            shutil.copy(sql, old / sql.name)
+    path = tmp_path / "cache.sqlite3"
+    conn = await migrate.connect(path, "client", root=tmp_path / "migrations")
+    await conn.execute("INSERT INTO folders (account, name) VALUES ('acc', 'INBOX')")
+    await conn.execute(
+        "INSERT INTO messages (folder_id, uid, subject, indexed) VALUES (1, 7, ?, 0)",
+        ("明日の会議について",),
+    )
+    await conn.execute(  # the indexing pass as it was before 0006
+        "INSERT INTO messages_fts (rowid, subject, sender, recipients, body)"
+        " SELECT id, subject, '', '', '' FROM messages WHERE indexed = 0"
+    )
+    await conn.execute("UPDATE messages SET indexed = 1")
+    await conn.commit()
+    await conn.close()
+    cache = await Cache.open(path)
+    try:
+        assert [m.uid for m in await cache.search("会議")] == [7]
+        check = "INSERT INTO messages_fts (messages_fts) VALUES ('integrity-check')"
+        await cache.conn.execute(check)  # the index says what its content view says
+        await cache.remove_uids(1, [7])
+        assert await cache.search("会議") == []
+        await cache.conn.execute(check)
+    finally:
+        await cache.close()

@@ -112,6 +112,9 @@ class Cache(Ingest):
         p = Path(path) if path else default_path()
         p.parent.mkdir(parents=True, exist_ok=True)
         conn = await migrate.connect(p, "client")
+        # The search index's text transform, which the indexing pass and the triggers of
+        # migrations/client/0006 call: every connection writing messages needs it.
+        await conn.create_function("chm_fts", 1, cache_search.fts_text, deterministic=True)
         return cls(conn, p)
 
     async def __aenter__(self) -> Cache:

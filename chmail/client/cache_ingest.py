@@ -177,8 +177,9 @@ class Ingest(LocalChanges):
             top = rows[-1][0]
             db.execute(
                 "INSERT INTO messages_fts (rowid, subject, sender, recipients, body)"
-                " SELECT id, subject, from_name || ' ' || from_addr, to_addrs || ' ' || cc_addrs,"
-                " coalesce(body_text, '') FROM messages WHERE indexed = 0 AND id <= ?",
+                " SELECT id, chm_fts(subject), chm_fts(from_name || ' ' || from_addr),"
+                " chm_fts(to_addrs || ' ' || cc_addrs), chm_fts(coalesce(body_text, ''))"
+                " FROM messages WHERE indexed = 0 AND id <= ?",
                 (top,),
             )
             unthreaded = [r for r in rows if not r[4]]  # (rows stored before 0005 have one)

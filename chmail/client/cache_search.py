@@ -6,6 +6,9 @@ Query language (what a user types into ``chmail search`` or the TUI's search box
 * ``"two words"`` is a phrase;
 * ``from:``, ``to:``, ``subject:``, ``body:`` limit the next word to that field;
 * ``is:unread``, ``is:read``, ``is:flagged``, ``has:chat`` filter without the index.
+* Chinese, Japanese and Korean: the index holds each CJK character as a token of its own
+  (``fts_text``), and a word with CJK characters is searched as the phrase of them, so
+  ``会議`` is found inside ``明日の会議について`` (unicode61 alone sees one token there).
 
 A user's words never reach FTS5 syntax unquoted: each term is one double-quoted string,
 so ``AND``, ``NEAR``, ``*``, ``:`` or a stray quote are just text.
@@ -51,6 +54,19 @@ def subject_key(subject: str) -> str:
     return _REPLY.sub("", subject).strip().casefold()
 
 
+# Han (with extension A and compatibility), kana (and half-width katakana), Hangul syllables.
+_CJK = re.compile(
+    "([\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7a3\uf900-\ufaff\uff66-\uff9f])"
+)
+
+
+def fts_text(text: str | None) -> str | None:
+    """Text as the search index holds it: each CJK character set apart by spaces."""
+    if not text or text.isascii():
+        return text
+    return _CJK.sub(r" \1 ", text)
+
+
 def fts_query(query: str) -> tuple[str, list[str]]:
     """Split a user query into an FTS5 expression and SQL filter clauses."""
     try:
@@ -68,11 +84,11 @@ def fts_query(query: str) -> tuple[str, list[str]]:
         field, sep, rest = word.partition(":")
         if sep and field.lower() in _COLUMNS and rest:
             column, word = _COLUMNS[field.lower()], rest
-        word = word.strip()
+        word = " ".join((fts_text(word) or "").split())
         if not word:
             continue
         quoted = '"' + word.replace('"', '""') + '"'
-        # Prefix match for single words; phrases match as written.
+        # Prefix match for single words; phrases (and CJK words) match as written.
         term = quoted + ("*" if " " not in word else "")
         terms.append(f"{column} : {term}" if column else term)
     return " AND ".join(terms), filters
