@@ -38,6 +38,7 @@ from pathlib import Path
 
 import msgspec
 
+from chmail.client.backends.imap_parse import Every
 from chmail.client.backends.parse_child import READY, frame, parse_span
 from chmail.client.cache_models import NewMessage
 
@@ -325,8 +326,11 @@ class WorkerBatches:
         fut.add_done_callback(self._answered)
 
     def _pop(self) -> list[NewMessage]:
+        got = self._owed.popleft().result()
+        if isinstance(self.wanted, Every):  # a 1:* FETCH: whatever came is wanted
+            return got
         wanted = self.wanted  # (a UID range may hold messages the cache already has)
-        return [m for m in self._owed.popleft().result() if m.uid in wanted]
+        return [m for m in got if m.uid in wanted]
 
     def _answered(self, _fut: object) -> None:
         """Ready when a full batch is answered, or when the reader waits on the answers."""
