@@ -601,7 +601,13 @@ class Connection:
         """
         if self.state is State.CLOSED:
             return
+        buffered = self._decoder._buf
         try:
+            if not buffered and len(data) > LENGTH.size:  # the common case: one whole frame
+                (n,) = LENGTH.unpack_from(data)
+                if len(data) == LENGTH.size + n and n <= self.max_frame:
+                    self._events.append(self._receive_body(bytes(data[LENGTH.size :])))
+                    return
             for body in self._decoder.feed(data):
                 self._events.append(self._receive_body(body))
                 if self.closed:

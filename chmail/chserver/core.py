@@ -300,9 +300,14 @@ class Core:
             raise ValidationError(exc.message, code=p.E_INVALID) from None
         recipients = check_recipients(msg.recipients)
         pool = self.server.pool
-        if pool.needs_reservation():  # committed with this lease, before any reply
+        if pool.next_lease > pool.reserved:  # needs_reservation(); committed with this lease
             pool.reserved = pool.next_lease + LEASE_BLOCK - 1
-        host = ctx.host if ctx.direct and ctx.host else self._checked_public_host()
+        if ctx.direct and ctx.host:
+            host = ctx.host
+        else:
+            host = self.server.public_host
+            if host != self._public_host:
+                self._check_public_host(host)
         grant = pool.alloc(
             login=login,
             host=host,
@@ -314,7 +319,7 @@ class Core:
         )
         lease = grant.lease
         # Every value of the link is checked already: the login at auth (valid_login),
-        # the host at auth (check_host) or by _checked_public_host, the Message-ID and
+        # the host at auth (check_host) or by _check_public_host, the Message-ID and
         # context above; the pool's ports are 1-65535 and its lease numbers start at 1.
         sig = headers.signature(
             self.server.key,
@@ -343,19 +348,17 @@ class Core:
         self.writer.submit(lease, ctx, msg.id, reply)  # answered once committed
         return None
 
-    def _checked_public_host(self) -> str:
-        host = self.server.public_host
-        if host != self._public_host:
-            try:
-                headers.check_host(host)
-            except HeaderError as exc:
-                log.error("the server's public host: %s", exc.message)
-                raise ValidationError(
-                    "the server's public host name is not valid; tell its operator",
-                    code=p.E_INTERNAL,
-                ) from None
-            self._public_host = host
-        return host
+    def _check_public_host(self, host: str) -> None:
+        """Check the server's public host (it goes into links) once per value."""
+        try:
+            headers.check_host(host)
+        except HeaderError as exc:
+            log.error("the server's public host: %s", exc.message)
+            raise ValidationError(
+                "the server's public host name is not valid; tell its operator",
+                code=p.E_INTERNAL,
+            ) from None
+        self._public_host = host
 
     async def presence(self, ctx: Context, msg: p.Presence) -> p.Message | None:
         """Online state of related logins; everyone else reads as offline (access.py)."""
