@@ -150,7 +150,6 @@ class ChatLink:
 
 def _mac(
     key: bytes,
-    *,
     login: str,
     port: int,
     host: str,
@@ -208,16 +207,7 @@ def sign(
     check_context(context)
     if lease < 1 or expires < 0:
         raise HeaderError("lease numbers start at 1 and expiry is a unix time")
-    mac = _mac(
-        key,
-        login=login,
-        port=port,
-        host=host,
-        lease=lease,
-        expires=expires,
-        message_id=message_id,
-        context=context,
-    )
+    mac = _mac(key, login, port, host, lease, expires, message_id, context)
     return ChatLink(login, port, host, lease, expires, mac, context)
 
 
@@ -235,16 +225,7 @@ def signature(
     """The ``X-CH-Sig`` value :func:`sign` would make, for values the caller has
     already checked with this module's ``check_*`` functions (the CH server's alloc
     path checks each one on its way in); nothing is checked here."""
-    mac = _mac(
-        key,
-        login=login,
-        port=port,
-        host=host,
-        lease=lease,
-        expires=expires,
-        message_id=message_id,
-        context=context,
-    )
+    mac = _mac(key, login, port, host, lease, expires, message_id, context)
     return f"v={SIG_VERSION}; e={expires}; n={lease}; s={mac}"
 
 
@@ -355,14 +336,7 @@ def verify(
     if record is None or record.port != link.port:
         return UNKNOWN
     expected = _mac(
-        key,
-        login=link.login,
-        port=link.port,
-        host=link.host,
-        lease=link.lease,
-        expires=link.expires,
-        message_id=message_id,
-        context=link.context,
+        key, link.login, link.port, link.host, link.lease, link.expires, message_id, link.context
     )
     genuine = hmac.compare_digest(expected, link.mac)
     if link.lease < record.lease:
