@@ -219,14 +219,18 @@ class ImapBackend:
         self._selected = None
         if client is None:
             return
+        # abort(), not close(): closing TLS waits for the server's close_notify (up to
+        # 30 s) with the socket open meanwhile; a socket still open when its loop ends
+        # is leaked. Nothing is left to send here (close() logged out first).
         if client.protocol.transport is not None:
-            client.protocol.transport.close()
+            client.protocol.transport.abort()
         task = getattr(client, "_client_task", None)
         if task is not None and not task.done():
             task.cancel()  # a connection still being made
         elif task is not None and not task.cancelled() and task.exception() is None:
             transport, _ = task.result()
-            transport.close()
+            transport.abort()
+        await asyncio.sleep(0)  # the transports' close callbacks run: the sockets are shut
 
     async def _cmd(self, coro_fn: Any, *args: Any, ok: bool = True, **kw: Any) -> Any:
         if not self.connected:
