@@ -11,6 +11,7 @@ import pytest
 
 from chmail.client.backends.imap import ImapBackend
 from chmail.client.cache import Cache
+from chmail.client.cache_models import StagedBatch
 from chmail.client.sync import Syncer
 from chmail.devmail import lmtp
 from chmail.devmail.dovecot import Dovecot
@@ -93,7 +94,11 @@ async def test_one_fetch_of_many_messages_does_not_hang(
     b = backend(mailstack, mail_user, batch=10_000)
     await b.connect()
     uids = await b.uids("INBOX")
-    got = [m async for batch in b.headers("INBOX", uids) for m in batch]
+    got = [
+        m
+        async for batch in b.headers("INBOX", uids)
+        for m in (batch.messages() if isinstance(batch, StagedBatch) else batch)
+    ]
     flags = await b.flags("INBOX")
     await b.close()
     assert [m.subject for m in got] == [f"n{i}" for i in range(2500)]

@@ -6,14 +6,20 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import random
+import sqlite3
 import sys
 from pathlib import Path
+from typing import Any
 
+from chmail.client import cache_stage
 from chmail.client.backends import parse_worker
 from chmail.client.backends.imap import ImapBackend
 from chmail.client.backends.parse_child import parse_span
 from chmail.client.backends.parse_worker import ParseWorker
+from chmail.client.backends.span_rows import span_rows
 from chmail.client.cache import Cache
+from chmail.client.cache_models import Batch, StagedBatch
 from chmail.client.sync import Syncer
 from chmail.devmail.seed import demo_messages, seed_imap
 from tests.fixtures.mailstack import MailStack, MailUser
@@ -59,25 +65,68 @@ def _fields(msgs: list[object]) -> list[dict[str, object]]:
     return [dataclasses.asdict(m) for m in msgs]  # type: ignore[call-overload]
 
 
+def _rows(batch: Batch) -> tuple[list[tuple[Any, ...]], list[tuple[str, str]]]:
+    """The cache rows and address pairs a batch holds (a staged batch's image is read
+    back as the cache reads it)."""
+    if not isinstance(batch, StagedBatch):
+        return cache_stage.rows(batch), cache_stage.address_pairs(batch)
+    db = sqlite3.connect(":memory:")
+    try:
+        db.deserialize(batch.image)
+        rows = db.execute("SELECT * FROM s ORDER BY rowid").fetchall()
+        (packed,) = db.execute("SELECT packed FROM pairs").fetchone()
+    finally:
+        db.close()
+    return rows, cache_stage.unpack_pairs(packed)
+
+
+def _expected(span: bytes) -> tuple[list[tuple[Any, ...]], list[tuple[str, str]]]:
+    msgs = parse_span(span)
+    return cache_stage.rows(msgs), cache_stage.address_pairs(msgs)
+
+
 async def test_helper_parses_like_the_parent() -> None:
-    """The helper process answers each chunk, in order, with exactly what parsing in the
-    parent gives, for well-formed and malformed header blocks alike."""
+    """The helper process answers each chunk, in order, with a staged batch holding
+    exactly the rows and address pairs that parsing in the parent gives, for well-formed
+    and malformed header blocks alike."""
     chunks = [_span(i, i + 40) for i in range(0, 160, 40)]
     worker = ParseWorker()
     await _ready(worker)
     try:
         futs = [worker.submit(span, n) for span, n in chunks]
-        got = [m for fut in futs for m in await asyncio.wait_for(fut, 30)]
+        got = [await asyncio.wait_for(fut, 30) for fut in futs]
         assert worker.answered == len(futs)
         assert not worker.broken
     finally:
         worker.close()
+    assert all(isinstance(b, StagedBatch) for b in got)
+    assert [b.count for b in got] == [n for _, n in chunks]
+    for batch, (span, _) in zip(got, chunks, strict=True):
+        assert _rows(batch) == _expected(span)
+        assert batch.messages() == parse_span(span)  # its fallback
     span, n = _span()
-    here = parse_span(span)
-    assert len(here) == n == 154
-    assert _fields(got) == _fields(here)  # type: ignore[arg-type]
-    assert here[0].subject
-    assert here[-1].uid == 7 + 154
+    rows, pairs = _expected(span)
+    assert len(rows) == n == 154
+    assert rows[0][8]  # a subject
+    assert rows[-1][0] == 7 + 154
+    assert ("", "b@x") in pairs
+
+
+def test_rows_by_learned_shape_are_the_rows_of_the_messages() -> None:
+    """Cutting and reading a span by learned shapes gives the same rows and address
+    pairs as parsing each message, whatever the order the shapes come in."""
+    span, _ = _span()
+    items = []
+    pos = 0
+    while pos < len(span):
+        end = span.index(b")\r\n* ", pos) + 3 if b")\r\n* " in span[pos:] else len(span)
+        items.append(span[pos:end])
+        pos = end
+    rng = random.Random(7)
+    for _ in range(5):
+        rng.shuffle(items)
+        mixed = b"".join(items * 2)  # each shape seen again after it was learned
+        assert span_rows(mixed) == _expected(mixed)
 
 
 async def test_helper_that_dies_mid_chunk_loses_nothing() -> None:
@@ -128,9 +177,10 @@ async def test_big_sync_through_the_helper_stores_what_in_process_parsing_stores
     await seed_imap("127.0.0.1", mailstack.imap_port, mail_user.name, mail_user.password,
                     demo_messages(n, to=("U", mail_user.address)))  # fmt: skip
     shared = parse_worker.shared()
-    await _ready(shared)  # (chunks sent before it is ready are parsed here)
+    for worker in shared.workers:
+        await _ready(worker)  # (chunks sent before it is ready are parsed here)
     answered = shared.answered
-    rows = []
+    rows, book = [], []
     for use in (True, False):
         cache = await Cache.open(tmp_path / f"cache-{use}.sqlite3")
         b = ImapBackend(
@@ -147,12 +197,16 @@ async def test_big_sync_through_the_helper_stores_what_in_process_parsing_stores
             assert inbox.total == n
             page = await cache.page(inbox.id, 0, n)
             rows.append(sorted(dataclasses.astuple(dataclasses.replace(m, pk=0)) for m in page))
+            await cache.index_pending()
+            book.append(await cache.addresses("", 1000))
         finally:
             await b.close()
             await cache.close()
     assert shared.answered > answered  # the helper did parse the first sync
     assert len(rows[0]) == n
     assert rows[0] == rows[1]
+    assert len(book[0]) > 1  # the address book holds the senders, from either sync
+    assert book[0] == book[1]
 
 
 async def test_chunks_before_the_helper_is_ready_are_parsed_here() -> None:
@@ -169,3 +223,28 @@ async def test_chunks_before_the_helper_is_ready_are_parsed_here() -> None:
         assert not worker.broken
     finally:
         worker.close()
+
+
+async def test_unreadable_staged_batch_is_parsed_again_and_stored(tmp_path: Path) -> None:
+    """A staged batch whose image is not the database it claims (or holds the wrong
+    number of rows) is stored from its messages instead: the folder gets every message
+    and its counts, and the address book its senders."""
+    span, n = _span(0, 60)
+    good = cache_stage.image(parse_span(span))
+    bad_images = [cache_stage.IMAGE_MAGIC + b"\0" * 5000, cache_stage.image(parse_span(span)[:5])]
+    for i, image in enumerate([*bad_images, good]):
+        cache = await Cache.open(tmp_path / f"c{i}.sqlite3")
+        try:
+            folder = await cache.upsert_folder("a", "INBOX")
+            async with cache.ingest(folder.id, uidvalidity=1) as sink:
+                assert await sink.add(StagedBatch(image, n, lambda: parse_span(span))) == n
+            stored = await cache.folder(folder.id)
+            assert stored is not None
+            assert stored.total == n
+            assert stored.unread == sum(1 for m in parse_span(span) if "\\Seen" not in m.flags)
+            page = await cache.page(folder.id, 0, 100)
+            assert sorted(m.uid for m in page) == sorted(m.uid for m in parse_span(span))
+            await cache.index_pending()
+            assert await cache.addresses("", 5)  # the senders are in the address book
+        finally:
+            await cache.close()

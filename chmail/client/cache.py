@@ -28,7 +28,6 @@ import aiosqlite
 from chmail import config, migrate
 from chmail.client import cache_search
 from chmail.client.cache_ingest import Ingest
-from chmail.client.cache_local import flags_text
 from chmail.client.cache_models import (
     SEEN,
     SORTS,
@@ -37,6 +36,7 @@ from chmail.client.cache_models import (
     Message,
     NewMessage,
     PendingOp,
+    flags_text,
 )
 from chmail.errors import StoreError
 

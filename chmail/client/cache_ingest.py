@@ -16,14 +16,14 @@ import contextlib
 import logging
 import os
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from pathlib import Path
 
 import aiosqlite
 
 from chmail.client import cache_search, cache_stage, cache_threads
 from chmail.client.cache_local import LocalChanges
-from chmail.client.cache_models import SEEN, NewMessage
+from chmail.client.cache_models import SEEN, Batch, NewMessage, StagedBatch
 from chmail.errors import StoreError
 
 log = logging.getLogger(__name__)
@@ -36,6 +36,10 @@ _PENDING_SQL = (
 _CHUNK = 500
 
 
+class BadImage(Exception):
+    """A staged batch's image is not the database it should be."""
+
+
 class Ingest(LocalChanges):
     _indexer: asyncio.Task[int] | None = None
     # Addresses of stored batches that the next pass adds to the address book (kept in
@@ -45,6 +49,7 @@ class Ingest(LocalChanges):
     def __init__(self, conn: aiosqlite.Connection, path: Path) -> None:
         super().__init__(conn, path)
         self._addr_backlog = []
+        self._addr_packed: list[bytes] = []  # more of them, packed (staged batches)
         self._stage: cache_stage.Stage | None = None
         self._stage_lock = asyncio.Lock()
         self._stage_failed = False
@@ -65,6 +70,10 @@ class Ingest(LocalChanges):
                         await self.conn.commit()  # ATTACH needs no open transaction
                         for sql, args in stage.attach_sql():
                             await self.conn.execute(sql, args)
+                        if cache_stage.IMAGES:
+                            await self.conn.execute(
+                                "ATTACH DATABASE ':memory:' AS " + cache_stage.IMAGE
+                            )
                 except sqlite3.Error as exc:
                     log.warning("no staging (%s): batches are stored one by one", exc)
                     stage.close()
@@ -78,7 +87,7 @@ class Ingest(LocalChanges):
     ) -> None:
         async with self.transaction() as conn:  # commits in _move_sync; rolls back on error
             await conn._execute(self._move_sync, folder_id, uidvalidity, table)  # type: ignore[no-untyped-call]
-            self._addr_backlog += cache_search.address_pairs(msgs)
+            self._addr_backlog += cache_stage.address_pairs(msgs)
 
     def _move_sync(self, folder_id: int, uidvalidity: int, table_no: int) -> None:
         """Stage slot -> messages, on the SQLite thread: each statement is one step, so
@@ -94,6 +103,49 @@ class Ingest(LocalChanges):
             )
         db.commit()
 
+    async def _move_image(self, folder_id: int, uidvalidity: int, batch: StagedBatch) -> None:
+        """A staged batch's image -> messages, on the SQLite thread; if the image cannot
+        be read, the batch is parsed again here and stored as messages (nothing lost)."""
+        async with self.transaction() as conn:  # commits in the sync call; rolls back on error
+            try:
+                packed = await conn._execute(  # type: ignore[no-untyped-call]
+                    self._move_image_sync, folder_id, uidvalidity, batch.image, batch.count
+                )
+            except BadImage as exc:
+                log.warning("a staged batch of headers was unreadable (%s); parsing it again", exc)
+                msgs = batch.messages()
+                await conn._execute(self._add_sync, folder_id, msgs, uidvalidity)  # type: ignore[no-untyped-call]
+                self._addr_backlog += cache_stage.address_pairs(msgs)
+            else:
+                self._addr_packed.append(packed)
+
+    def _move_image_sync(self, folder_id: int, uidvalidity: int, image: bytes, count: int) -> bytes:
+        """Returns the image's packed address pairs (read by the indexing pass)."""
+        db: sqlite3.Connection = self.conn._conn
+        img = cache_stage.IMAGE
+        try:
+            db.deserialize(image, name=img)
+            (n,) = db.execute(f"SELECT count(*) FROM {img}.s").fetchone()  # noqa: S608 (fixed)
+            packed = db.execute(f"SELECT packed FROM {img}.pairs").fetchone()  # noqa: S608
+            if n != count or packed is None or type(packed[0]) is not bytes:
+                raise BadImage(f"{n} rows instead of {count}, or no address pairs")
+        except (sqlite3.DatabaseError, BadImage) as exc:
+            # a sound empty image in its place: the connection reads every attached
+            # schema, and an unreadable one fails every statement after it
+            db.deserialize(cache_stage.image_of([], []), name=img)
+            raise BadImage(str(exc)) from exc
+        table = f"{img}.s"
+        new, unread = db.execute(cache_stage.counts_sql(folder_id, table)).fetchone()
+        db.execute(cache_stage.insert_sql(folder_id, uidvalidity, f"SELECT * FROM {table}"))  # noqa: S608
+        if new:
+            db.execute(
+                "UPDATE folders SET total = total + ?, unread = unread + ? WHERE id = ?",
+                (new, unread, folder_id),
+            )
+        db.commit()
+        pairs: bytes = packed[0]
+        return pairs
+
     async def add_messages(
         self, folder_id: int, msgs: Sequence[NewMessage], *, uidvalidity: int = 0
     ) -> int:
@@ -103,7 +155,7 @@ class Ingest(LocalChanges):
             return 0
         async with self.transaction() as conn:  # commits in _add_sync; rolls back on error
             await conn._execute(self._add_sync, folder_id, msgs, uidvalidity)  # type: ignore[no-untyped-call]
-            self._addr_backlog += cache_search.address_pairs(msgs)
+            self._addr_backlog += cache_stage.address_pairs(msgs)
         return len(msgs)
 
     def _add_sync(self, folder_id: int, msgs: Sequence[NewMessage], uidvalidity: int) -> None:
@@ -165,11 +217,17 @@ class Ingest(LocalChanges):
         ``limit`` bounds one call (0: all)."""
         async with self.transaction() as conn:  # commits in _index_sync; rolls back on error
             backlog, self._addr_backlog = self._addr_backlog, []
-            n: int = await conn._execute(self._index_sync, limit, backlog)  # type: ignore[no-untyped-call]
+            packed, self._addr_packed = self._addr_packed, []
+            n: int = await conn._execute(self._index_sync, limit, backlog, packed)  # type: ignore[no-untyped-call]
         return n
 
-    def _index_sync(self, limit: int, backlog: list[tuple[str, str]]) -> int:
+    def _index_sync(self, limit: int, backlog: list[tuple[str, str]], packed: list[bytes]) -> int:
         db: sqlite3.Connection = self.conn._conn  # runs on aiosqlite's own thread
+        for blob in packed:
+            try:
+                backlog += cache_stage.unpack_pairs(blob)
+            except ValueError as exc:  # (only completion entries are lost)
+                log.warning("address pairs of a staged batch unreadable: %s", exc)
         if backlog:
             cache_search.note_pairs_sync(db, backlog)
         rows = db.execute(_PENDING_SQL, (limit or -1,)).fetchall()
@@ -215,14 +273,17 @@ class Sink:
         self._stage: cache_stage.Stage | None = None
         self._tables: list[int] | None = None
 
-    async def add(self, msgs: Sequence[NewMessage]) -> int:
-        if not msgs:
+    async def add(self, batch: Batch) -> int:
+        """Stage one batch (messages, or a staged batch from the parse helper); returns
+        how many messages it holds."""
+        if not (batch.count if isinstance(batch, StagedBatch) else batch):
             return 0
         if self._n == 0:
             self._stage = await self.cache._staging()
             self._tables = self._stage.lease() if self._stage is not None else None
         stage, tables = self._stage, self._tables
-        if stage is None or tables is None:
+        if stage is None or tables is None:  # (images come only where they can be read)
+            msgs = batch.messages() if isinstance(batch, StagedBatch) else batch
             self._n += 1
             return await self.cache.add_messages(self.folder_id, msgs, uidvalidity=self.uidvalidity)
         slot = self._n % cache_stage.SLOTS
@@ -230,15 +291,20 @@ class Sink:
         if previous is not None:
             self._moves[slot] = None
             await previous  # the move that read this slot is done (or raises)
-        try:
-            stage.put(tables[slot], cache_stage.rows(msgs))
-        except sqlite3.Error as exc:
-            raise StoreError(f"The mail cache could not stage headers: {exc}.") from exc
-        self._moves[slot] = asyncio.ensure_future(
-            self.cache._move(self.folder_id, self.uidvalidity, tables[slot], msgs)
-        )
+        move: Awaitable[None]
+        if isinstance(batch, StagedBatch):
+            move = self.cache._move_image(self.folder_id, self.uidvalidity, batch)
+            n = batch.count
+        else:
+            try:
+                stage.put(tables[slot], cache_stage.rows(batch))
+            except sqlite3.Error as exc:
+                raise StoreError(f"The mail cache could not stage headers: {exc}.") from exc
+            move = self.cache._move(self.folder_id, self.uidvalidity, tables[slot], batch)
+            n = len(batch)
+        self._moves[slot] = asyncio.ensure_future(move)
         self._n += 1
-        return len(msgs)
+        return n
 
     async def wait(self) -> None:
         """Until every staged batch is in the cache (raises the first failure)."""

@@ -18,14 +18,10 @@ from typing import Any
 
 import aiosqlite
 
-from chmail.client.cache_models import SEEN, PendingOp
+from chmail.client.cache_models import SEEN, PendingOp, flags_text
 from chmail.errors import StoreError
 
-
-def flags_text(flags: Iterable[str]) -> str:
-    if not flags:
-        return ""
-    return " ".join(sorted({f for f in flags if f and f != "\\Recent"}))
+__all__ = ["CacheBase", "LocalChanges", "flags_text"]
 
 
 class CacheBase:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 # Flags as IMAP names them (RFC 3501 2.3.2); Maildir and POP3 map onto these.
@@ -59,6 +60,29 @@ class NewMessage:
     size: int = 0
     ch_headers: list[tuple[str, str]] = field(default_factory=list)
     addresses: list[tuple[str, str]] = field(default_factory=list)  # (name, addr) seen
+
+
+@dataclass(frozen=True, slots=True)
+class StagedBatch:
+    """Synced headers already in the cache's row shape: ``image`` is a serialized SQLite
+    database (``cache_stage.image``) that the parse helper made, so the event loop binds
+    nothing and the cache's thread moves the rows in with one statement. ``messages()``
+    parses the same batch again, here: what the cache stores if the image is unreadable."""
+
+    image: bytes
+    count: int
+    messages: Callable[[], list[NewMessage]]
+
+
+# What a backend's header sync yields: parsed messages, or a staged batch of them.
+Batch = Sequence[NewMessage] | StagedBatch
+
+
+def flags_text(flags: Iterable[str]) -> str:
+    """Flags as the cache stores them: sorted, space-separated, without ``\\Recent``."""
+    if not flags:
+        return ""
+    return " ".join(sorted({f for f in flags if f and f != "\\Recent"}))
 
 
 @dataclass(frozen=True)

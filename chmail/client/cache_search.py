@@ -25,12 +25,11 @@ import shlex
 import sqlite3
 import time
 from collections import Counter
-from collections.abc import Sequence
 from typing import Any
 
 import aiosqlite
 
-from chmail.client.cache_models import Address, NewMessage
+from chmail.client.cache_models import Address
 
 _COLUMNS = {"from": "sender", "to": "recipients", "cc": "recipients", "subject": "subject",
             "body": "body"}  # fmt: skip
@@ -127,18 +126,6 @@ async def search_ids(
         return []
     async with db.execute(sql, params) as cur:
         return [r[0] for r in await cur.fetchall()]
-
-
-def address_pairs(msgs: Sequence[NewMessage]) -> list[tuple[str, str]]:
-    """The (name, address) pairs of newly synced messages, for ``note_pairs_sync``: kept
-    instead of the messages themselves, so a synced batch is freed once it is stored."""
-    pairs: list[tuple[str, str]] = []
-    for m in msgs:
-        if m.addresses:
-            pairs.extend(m.addresses)
-        elif m.from_addr:
-            pairs.append((m.from_name, m.from_addr))
-    return pairs
 
 
 _NOTE_SQL = (

@@ -12,7 +12,7 @@ from collections.abc import AsyncGenerator, Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
-from chmail.client.cache_models import NewMessage
+from chmail.client.cache_models import Batch
 
 # Which special-use attribute (RFC 6154) maps to which folder role.
 SPECIAL_USE_FLAGS = {
@@ -83,10 +83,9 @@ class Backend(Protocol):
         """Every UID in the folder, ascending."""
         ...
 
-    def headers(
-        self, folder: str, uids: list[int] | None
-    ) -> AsyncGenerator[list[NewMessage], None]:
-        """Headers and flags of ``uids`` (None: of every message), in batches."""
+    def headers(self, folder: str, uids: list[int] | None) -> AsyncGenerator[Batch, None]:
+        """Headers and flags of ``uids`` (None: of every message), in batches: lists of
+        messages, or staged batches (``StagedBatch``) that the cache reads as they are."""
         ...
 
     async def flags(self, folder: str, since_modseq: int = 0) -> dict[int, frozenset[str]]:

@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 
 from aioimaplib import aioimaplib as _aio
 
+from chmail.client import cache_stage
 from chmail.client.backends import parse_worker
 from chmail.client.backends.base import FolderInfo, FolderState, role_of
 from chmail.client.backends.imap_parse import (
@@ -49,7 +50,7 @@ from chmail.client.backends.imap_parse import (
 )
 from chmail.client.backends.imap_protocol import FastIMAP4, FastProtocol, StreamFetchCommand
 from chmail.client.backends.parse_worker import WORKER_MIN, WorkerBatches
-from chmail.client.cache_models import NewMessage
+from chmail.client.cache_models import Batch
 from chmail.client.mime_headers import SYNC_FIELDS
 from chmail.errors import AuthError, ConfigError, ConnectionLost, MailError
 
@@ -302,9 +303,7 @@ class ImapBackend:
             res = await self._cmd(self._proto().run, "SEARCH", "ALL", prefix="UID")
         return _search_uids(res.lines)
 
-    async def headers(
-        self, folder: str, uids: list[int] | None
-    ) -> AsyncGenerator[list[NewMessage], None]:
+    async def headers(self, folder: str, uids: list[int] | None) -> AsyncGenerator[Batch, None]:
         """Batches of parsed headers of ``uids`` (None: of every message, one ``1:*``
         FETCH). Close the iterator (``contextlib.aclosing``) if you stop early: a FETCH
         left half-read drops the connection."""
@@ -313,7 +312,13 @@ class ImapBackend:
             async with self._lock:
                 await self._ensure(folder)
                 proto = self._proto()
-                wanted: Set[int] = set(part) if part is not None else Every(self._exists)
+                wanted: Set[int]
+                if part is None:
+                    wanted = Every(self._exists)
+                elif part[-1] - part[0] + 1 == len(part):  # a run: the FETCH gives just these
+                    wanted = Every(len(part))
+                else:  # (a range with UIDs the cache has: parsed here, and filtered)
+                    wanted = set(part)
                 batches = self._batches(wanted)
                 which = f"{part[0]}:{part[-1]}" if part is not None else "1:*"
                 taker: dict[str, Any] = (
@@ -331,7 +336,11 @@ class ImapBackend:
                         await self._guard(_either(batches.ready, task))
                         if task.done():
                             break
-                        yield batches.drain()
+                        if isinstance(batches, WorkerBatches):
+                            for batch in batches.drain():
+                                yield batch
+                        else:
+                            yield batches.drain()
                         proto.resume_reading()
                     res = await self._guard(task)
                     if res.result != "OK":
@@ -348,7 +357,12 @@ class ImapBackend:
 
     def _batches(self, wanted: Set[int]) -> HeaderBatches | WorkerBatches:
         """Parsing in the helper process for a big FETCH (parse_worker.py), here otherwise."""
-        if self.parse_worker and len(wanted) >= self.worker_min:
+        if (
+            self.parse_worker
+            and len(wanted) >= self.worker_min
+            and isinstance(wanted, Every)
+            and cache_stage.IMAGES
+        ):
             worker = parse_worker.shared()
             if worker.start():
                 return WorkerBatches(wanted, worker, self.batch)

@@ -80,6 +80,23 @@ def sync_message(uid: int, block: bytes, flags: tuple[str, ...], size: int) -> N
         or not fields.keys() <= _USUAL
     ):
         return new_message(uid, block, flags, size)
+    mid, irt, refs, from_name, from_addr, to, cc, subject, date, ch, people = decoded(fields)
+    return NewMessage(
+        uid, mid, irt, refs, from_name, from_addr, to, cc, subject, date, flags, size, ch, people
+    )
+
+
+Decoded = tuple[
+    str, str, list[str], str, str, str, str, str, int, list[tuple[str, str]],
+    list[tuple[str, str]],
+]  # fmt: skip
+
+
+def decoded(fields: dict[bytes, bytes]) -> Decoded:
+    """What the cache keeps of a usual-shape block's fields (raw values by their usual
+    names, in block order): message_id, in_reply_to, references, from_name, from_addr,
+    to, cc, subject, date, ch_headers, addresses (``NewMessage``'s fields but uid, flags
+    and size)."""
     get = fields.get
     frm_raw, to_raw, cc_raw = get(b"From"), get(b"To"), get(b"Cc")
     frm = _people(frm_raw)[0] if frm_raw else []
@@ -94,8 +111,7 @@ def sync_message(uid: int, block: bytes, flags: tuple[str, ...], size: int) -> N
     if not _CH.isdisjoint(fields):
         ch = [(k.decode(), v.rstrip(b" \t").decode("ascii", "replace"))
               for k, v in fields.items() if k in _CH]  # fmt: skip
-    return NewMessage(
-        uid,
+    return (
         _one_id(mid) if mid else "",
         _one_id(irt) if irt else "",
         _ids(refs_raw)[-50:] if refs_raw else [],  # bounded: runaway References
@@ -105,8 +121,6 @@ def sync_message(uid: int, block: bytes, flags: tuple[str, ...], size: int) -> N
         cc_text,
         _plain(subject) if subject else "",
         _date(date_raw) if date_raw else 0,
-        flags,
-        size,
         ch,
         [*frm, *to, *cc],
     )

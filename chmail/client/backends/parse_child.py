@@ -1,5 +1,6 @@
 """The parse helper's own side (``python -m chmail.client.backends.parse_child``): frames
-of FETCH items in on stdin, frames of parsed messages out on stdout, until EOF.
+of FETCH items in on stdin, frames of staged batches (``cache_stage.image``: the parsed
+messages as a serialized SQLite database of cache rows) out on stdout, until EOF.
 
 Kept apart from parse_worker.py (the parent's side) so that the helper imports only what
 parsing needs (no asyncio: a third of a cold start). The wire is described there.
@@ -11,15 +12,14 @@ import logging
 import signal
 import sys
 
-import msgspec
-
 from chmail.client.backends.imap_headers import SPAN_ITEM, parse_one
+from chmail.client.backends.span_rows import span_rows
 from chmail.client.cache_models import NewMessage
+from chmail.client.cache_stage import image_of
 from chmail.client.gcpause import collector_paused
 
 log = logging.getLogger(__name__)
 
-ENCODE = msgspec.msgpack.Encoder().encode
 READY = b"\0\0\0\0"  # an empty frame: the helper's first words, once it can parse
 
 
@@ -56,12 +56,8 @@ def main() -> None:
             return
         span = rd.read(int.from_bytes(head, "big"))
         with collector_paused():  # (see gcpause.py)
-            out = [
-                (m.uid, m.message_id, m.in_reply_to, m.references, m.from_name, m.from_addr,
-                 m.to, m.cc, m.subject, m.date, m.flags, m.size, m.ch_headers, m.addresses)
-                for m in parse_span(span)
-            ]  # fmt: skip
-        wr.write(frame(ENCODE(out)))
+            out = image_of(*span_rows(span))
+        wr.write(frame(out))
         wr.flush()
 
 

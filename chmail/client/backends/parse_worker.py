@@ -13,7 +13,10 @@ Wire, both ways over the helper's stdin/stdout: frames of a 4-byte big-endian le
 body. The helper first says ``READY`` (an empty frame) once it has imported what it needs;
 until then the parent parses chunks itself. Parent to helper: a run of whole FETCH items
 of the usual shape, as the server sent them (``imap_headers.SPAN_ITEM``); helper to
-parent: a msgpack array of one array of the 14 ``NewMessage`` fields per item, in order.
+parent: the items parsed, as a serialized SQLite database of cache rows
+(``cache_stage.image``), which the parent hands to the cache as a ``StagedBatch``
+without reading it: the event loop does no per-message work for it at all (it used to
+decode, build and bind every message: half of its time in a big sync).
 
 Nothing depends on the helper: if it cannot start, dies, or sends garbage, every chunk it
 still owed is parsed in the parent (the chunk's bytes are kept until its answer), a
@@ -29,18 +32,18 @@ import atexit
 import collections
 import contextlib
 import fcntl
+import functools
 import logging
 import os
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Set
+from collections.abc import AsyncIterator
 from pathlib import Path
-
-import msgspec
 
 from chmail.client.backends.imap_parse import Every
 from chmail.client.backends.parse_child import READY, frame, parse_span
-from chmail.client.cache_models import NewMessage
+from chmail.client.cache_models import Batch, StagedBatch
+from chmail.client.cache_stage import IMAGE_MAGIC
 
 log = logging.getLogger(__name__)
 
@@ -50,14 +53,11 @@ MIN_CHUNK = 125  # the last chunks halve down to this (the last one is not overl
 MAX_INFLIGHT = 12  # chunks sent and not answered before the reader pauses
 MAX_FRAME = 256 * 1024 * 1024  # bytes; a larger frame from the helper is garbage
 ANSWER_TIMEOUT = 30.0  # seconds without an answer while one is owed: the helper is stuck
+# Helper processes: two on a machine with two cores or more (the loop, the cache's thread
+# and a local server use the rest), one on a single core.
+HELPERS = 2 if (os.cpu_count() or 1) > 1 else 1
 PIPE_SIZE = 1 << 20  # bytes, asked of the kernel for each pipe
 F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
-
-_Fields = tuple[
-    int, str, str, list[str], str, str, str, str, str, int, tuple[str, ...], int,
-    list[tuple[str, str]], list[tuple[str, str]],
-]  # fmt: skip
-_RESULTS = msgspec.msgpack.Decoder(list[_Fields])
 
 
 class ParseWorker:
@@ -71,7 +71,7 @@ class ParseWorker:
         self.answered = 0  # chunks the helper parsed (not counting any parsed here)
         self._proc: subprocess.Popen[bytes] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._owed: collections.deque[tuple[asyncio.Future[list[NewMessage]], bytes, int]]
+        self._owed: collections.deque[tuple[asyncio.Future[Batch], bytes, int]]
         self._owed = collections.deque()
         self._rbuf = bytearray()
         self._wbuf = bytearray()
@@ -120,12 +120,13 @@ class ParseWorker:
                 fcntl.fcntl(fd, F_SETPIPE_SZ, PIPE_SIZE)
         return True
 
-    def submit(self, span: bytes, count: int) -> asyncio.Future[list[NewMessage]]:
-        """A future of the ``count`` messages of a run of FETCH items, parsed, in
-        submission order. It never fails: whatever happens to the helper, the chunk is
-        parsed (in the parent if need be)."""
+    def submit(self, span: bytes, count: int) -> asyncio.Future[Batch]:
+        """A future of the ``count`` messages of a run of FETCH items, parsed (a
+        ``StagedBatch`` from the helper, a list if parsed here), in submission order. It
+        never fails: whatever happens to the helper, the chunk is parsed (in the parent
+        if need be)."""
         loop = asyncio.get_running_loop()
-        fut: asyncio.Future[list[NewMessage]] = loop.create_future()
+        fut: asyncio.Future[Batch] = loop.create_future()
         if not self.start() or not self._ready() or not self._bind(loop):
             fut.set_result(parse_span(span))
             return fut
@@ -218,18 +219,12 @@ class ParseWorker:
         if not self._owed:
             self._fail("the parse helper answered a chunk that was not sent")
             return False
-        try:
-            fields = _RESULTS.decode(body)
-        except msgspec.DecodeError as exc:
-            self._fail(f"the parse helper sent garbage ({exc})")
+        if not body.startswith(IMAGE_MAGIC):  # (the row count is checked as it is read)
+            self._fail("the parse helper sent garbage")
             return False
-        fut, _span, count = self._owed[0]
-        if len(fields) != count:
-            self._fail("the parse helper answered with the wrong number of messages")
-            return False
-        self._owed.popleft()
+        fut, span, count = self._owed.popleft()
         if not fut.done():
-            fut.set_result([NewMessage(*f) for f in fields])
+            fut.set_result(StagedBatch(body, count, functools.partial(parse_span, span)))
         self.answered += 1
         self._arm()
         return True
@@ -290,13 +285,14 @@ class ParseWorker:
 
 
 class WorkerBatches:
-    """``imap_parse.HeaderBatches`` for a big FETCH: the reader hands over runs of raw
-    items (``take_span``), which go to the helper in chunks; ``ready`` is set when a full
-    batch of answers is in, or the reader waits on them (``MAX_INFLIGHT`` chunks owed);
-    ``drain`` hands answered chunks over in order; ``finish`` sends the rest and hands on
-    each answer as it comes."""
+    """``imap_parse.HeaderBatches`` for a big FETCH of which every message is wanted (a
+    ``1:*`` or a range of new UIDs only: the helper's batches are not filtered): the
+    reader hands over runs of raw items (``take_span``), which go to the helper in
+    chunks; ``ready`` is set when a full batch of answers is in, or the reader waits on
+    them (``MAX_INFLIGHT`` chunks owed); ``drain`` hands answered chunks over in order;
+    ``finish`` sends the rest and hands on each answer as it comes."""
 
-    def __init__(self, wanted: Set[int], worker: ParseWorker, size: int = CHUNK) -> None:
+    def __init__(self, wanted: Every, worker: ParseWorker | ParsePool, size: int = CHUNK) -> None:
         self.wanted = wanted
         self.worker = worker
         self.size = max(1, size)
@@ -304,7 +300,7 @@ class WorkerBatches:
         self.ready = asyncio.Event()
         self._spans: list[bytes] = []
         self._n = 0  # messages in _spans
-        self._owed: collections.deque[asyncio.Future[list[NewMessage]]] = collections.deque()
+        self._owed: collections.deque[asyncio.Future[Batch]] = collections.deque()
         self._left = len(wanted)
 
     def take_span(self, span: bytes, n: int) -> bool:
@@ -325,12 +321,8 @@ class WorkerBatches:
         self._owed.append(fut)
         fut.add_done_callback(self._answered)
 
-    def _pop(self) -> list[NewMessage]:
-        got = self._owed.popleft().result()
-        if isinstance(self.wanted, Every):  # a 1:* FETCH: whatever came is wanted
-            return got
-        wanted = self.wanted  # (a UID range may hold messages the cache already has)
-        return [m for m in got if m.uid in wanted]
+    def _pop(self) -> Batch:
+        return self._owed.popleft().result()
 
     def _answered(self, _fut: object) -> None:
         """Ready when a full batch is answered, or when the reader waits on the answers."""
@@ -342,17 +334,16 @@ class WorkerBatches:
         if done and (done * self.chunk >= self.size or len(self._owed) >= MAX_INFLIGHT):
             self.ready.set()
 
-    def drain(self) -> list[NewMessage]:
-        """The answered chunks, oldest first, up to ``size`` messages (fewer, larger
-        batches to store: each store has a fixed cost)."""
-        out: list[NewMessage] = []
-        while self._owed and self._owed[0].done() and len(out) + self.chunk <= self.size:
-            out += self._pop()
+    def drain(self) -> list[Batch]:
+        """The answered chunks, oldest first, up to ``size`` messages."""
+        out: list[Batch] = []
+        while self._owed and self._owed[0].done() and (len(out) + 1) * self.chunk <= self.size:
+            out.append(self._pop())
         self.ready.clear()
         self._answered(None)
         return out
 
-    async def finish(self) -> AsyncIterator[list[NewMessage]]:
+    async def finish(self) -> AsyncIterator[Batch]:
         """Once the FETCH is over: the last chunk goes out, and each answer is handed on
         as it comes (storing one overlaps parsing the next)."""
         if self._spans:
@@ -363,13 +354,46 @@ class WorkerBatches:
             yield self._pop()
 
 
-_shared: ParseWorker | None = None
+class ParsePool:
+    """``HELPERS`` helpers taking chunks in turn (``WorkerBatches`` puts the answers back
+    in order): parsing and staging a chunk costs the helper more than reading it costs
+    the loop, so one helper alone is what a big sync waits on."""
+
+    def __init__(self, size: int) -> None:
+        self.workers = [ParseWorker() for _ in range(max(1, size))]
+        self._next = 0
+
+    @property
+    def answered(self) -> int:
+        return sum(w.answered for w in self.workers)
+
+    def start(self) -> bool:
+        """Start every helper not running; False if none can be used."""
+        return any([w.start() for w in self.workers])  # (a list: start them all)
+
+    def submit(self, span: bytes, count: int) -> asyncio.Future[Batch]:
+        """``ParseWorker.submit`` on the next helper still usable (if none is, the chunk
+        is parsed here)."""
+        workers = self.workers
+        for _ in workers:
+            w = workers[self._next]
+            self._next = (self._next + 1) % len(workers)
+            if not w.broken:
+                return w.submit(span, count)
+        return workers[0].submit(span, count)
+
+    def close(self) -> None:
+        for w in self.workers:
+            w.close()
 
 
-def shared() -> ParseWorker:
-    """The program's helper (started at first use, stopped at exit)."""
+_shared: ParsePool | None = None
+
+
+def shared() -> ParsePool:
+    """The program's helpers (started at first use, stopped at exit)."""
     global _shared
     if _shared is None:
-        _shared = ParseWorker()
+        _shared = ParsePool(HELPERS)
         atexit.register(_shared.close)
     return _shared
