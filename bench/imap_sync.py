@@ -14,7 +14,7 @@
    (chmail/client/cache_stage.py): rows, date index, folder counts -> ``sync_msgs_per_s``
    (the folder is listable newest first); then until the pass after the store is also
    done (threads, sort keys, address book, FTS) -> ``sync_indexed_msgs_per_s``. Best of
-   three runs each, alternating with the bare FETCH, after a warm-up.
+   five runs each, alternating with the bare FETCH, after a warm-up.
 4. Search: ``--search-messages`` synthetic messages in a cache; p50 of a selective query
    (a rare name) and of a common word (in about half the mails), newest 50 hits each.
 
@@ -196,7 +196,7 @@ async def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--messages", type=int, default=10_000)
     ap.add_argument("--search-messages", type=int, default=100_000)
-    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--runs", type=int, default=5)
     args = ap.parse_args()
     dv = Dovecot(users={"alice": "alicepw"})
     dv.start()

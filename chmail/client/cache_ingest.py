@@ -260,9 +260,10 @@ class Ingest(LocalChanges):
 
 
 class Sink:
-    """See ``Ingest.ingest``. Batches are staged on the event loop's thread and moved
-    into the cache in order on the SQLite thread (cache_stage.py), two in flight at most;
-    if staging is unavailable, each batch is stored by ``add_messages``."""
+    """See ``Ingest.ingest``. Batches of messages are staged on the event loop's thread,
+    staged batches (images) come staged; both are moved into the cache in order on the
+    SQLite thread (cache_stage.py), two in flight at most; if staging is unavailable,
+    each batch is stored by ``add_messages``."""
 
     def __init__(self, cache: Ingest, folder_id: int, uidvalidity: int) -> None:
         self.cache = cache

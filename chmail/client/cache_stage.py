@@ -17,6 +17,11 @@ out the SQLite thread's move from the other (a put took 2.7 times as long). Each
 in progress (one per folder, several accounts may sync at once) leases two tables, which
 take turns: the loop fills one while the SQLite thread reads the other; only the loop
 writes the stage.
+
+The parse helpers (backends/parse_worker.py) stage a batch themselves: ``image_of`` puts
+its rows in a database of their own and serializes it; the cache connection reads that
+back as the attached schema ``IMAGE`` and moves it in by the same statement, so the loop
+does no per-message work for it at all.
 """
 
 from __future__ import annotations

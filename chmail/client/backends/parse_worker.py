@@ -1,13 +1,14 @@
-"""Header parsing in a helper process, so a big sync uses the machine's second core.
+"""Header parsing in helper processes, so a big sync uses the machine's other cores.
 
 A first sync of a big folder is bound by one core: the event loop reads the FETCH, parses
-every header block and stages the rows, all under one GIL. Parsing is the largest part
-and needs nothing but the bytes, so for a big FETCH (``WORKER_MIN`` messages or more) the
-reader only finds where each message ends (one regex match) and ships the FETCH's bytes,
-as they came, in chunks of about ``CHUNK`` messages to one helper process (``python -m
-chmail.client.backends.parse_child``), which cuts and parses them with the same
-``sync_message`` and sends the results back in order; the loop meanwhile reads on and
-stores what has come back.
+every header block and stages the rows, all under one GIL. Parsing and staging are the
+largest part and need nothing but the bytes, so for a big FETCH (``WORKER_MIN`` messages
+or more) the reader only finds where each message ends (one regex match) and ships the
+FETCH's bytes, as they came, in chunks of about ``CHUNK`` messages to the helpers
+(``ParsePool``: ``HELPERS`` processes ``python -m chmail.client.backends.parse_child``,
+taking chunks in turn), which parse them (``span_rows``: the same reading as
+``sync_message``) and send each back as cache rows; the loop meanwhile reads on and hands
+what has come back, in order, to the cache.
 
 Wire, both ways over the helper's stdin/stdout: frames of a 4-byte big-endian length and a
 body. The helper first says ``READY`` (an empty frame) once it has imported what it needs;
