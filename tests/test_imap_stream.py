@@ -16,6 +16,7 @@ from chmail.client.backends.parse_child import parse_span
 from chmail.client.cache_models import Batch, NewMessage, StagedBatch
 from chmail.devmail.seed import seed_imap
 from tests.fixtures.mailstack import MailStack, MailUser
+from tests.fixtures.parse_helpers import shared_ready
 
 ITEMS = b"BODY[HEADER.FIELDS (FROM SUBJECT MESSAGE-ID)]"
 
@@ -151,6 +152,7 @@ async def test_dovecot_stream_in_batches_and_stopping_half_way(
     was half-read (never half-read and in use), and a reconnect works."""
     msgs = [f"Subject: n{i}\r\nMessage-ID: <n{i}@x>\r\n\r\nx\r\n".encode() for i in range(3000)]
     await seed_imap("127.0.0.1", mailstack.imap_port, mail_user.name, mail_user.password, msgs)
+    await shared_ready()  # (else its first chunks are parsed here while it starts)
     for helper in (False, True):
         b = _backend(mailstack, mail_user, batch=700, parse_worker=helper, worker_min=1000)
         await b.connect()

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 from chmail.client import cache_stage
-from chmail.client.backends import parse_worker
 from chmail.client.backends.imap import ImapBackend
 from chmail.client.backends.parse_child import parse_span
 from chmail.client.backends.parse_worker import ParseWorker
@@ -23,6 +22,7 @@ from chmail.client.cache_models import Batch, StagedBatch
 from chmail.client.sync import Syncer
 from chmail.devmail.seed import demo_messages, seed_imap
 from tests.fixtures.mailstack import MailStack, MailUser
+from tests.fixtures.parse_helpers import ready, shared_ready
 
 _DEMO = demo_messages(150, start=1_790_000_000)  # (Message-IDs differ per call)
 
@@ -49,16 +49,6 @@ def _span(first: int = 0, last: int | None = None) -> tuple[bytes, int]:
 
 # A stand-in helper's first words, as the real one says them (parse_child.READY).
 READY_PY = "import sys; sys.stdout.buffer.write(bytes(4)); sys.stdout.flush()"
-
-
-async def _ready(worker: ParseWorker) -> None:
-    """Start ``worker`` and wait (polling, with a deadline) until it has said READY."""
-    assert worker.start()
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + 30
-    while not worker._ready():
-        assert loop.time() < deadline, "the helper never said READY"
-        await asyncio.sleep(0.01)  # polling a condition with a deadline
 
 
 def _fields(msgs: list[object]) -> list[dict[str, object]]:
@@ -91,7 +81,7 @@ async def test_helper_parses_like_the_parent() -> None:
     and malformed header blocks alike."""
     chunks = [_span(i, i + 40) for i in range(0, 160, 40)]
     worker = ParseWorker()
-    await _ready(worker)
+    await ready(worker)
     try:
         futs = [worker.submit(span, n) for span, n in chunks]
         got = [await asyncio.wait_for(fut, 30) for fut in futs]
@@ -134,7 +124,7 @@ async def test_helper_that_dies_mid_chunk_loses_nothing() -> None:
     chunks too (the helper is not used again)."""
     quits = [sys.executable, "-c", f"{READY_PY}; sys.stdin.buffer.read(4)"]
     worker = ParseWorker(quits)
-    await _ready(worker)
+    await ready(worker)
     try:
         first = worker.submit(*_span(0, 80))
         second = worker.submit(*_span(80))
@@ -158,7 +148,7 @@ async def test_helper_sending_garbage_or_hanging_loses_nothing() -> None:
     hangs = [sys.executable, "-c", f"{READY_PY}; sys.stdin.buffer.read()"]
     for argv in (garbage, hangs):
         worker = ParseWorker(argv, answer_timeout=0.5)
-        await _ready(worker)
+        await ready(worker)
         try:
             got = await asyncio.wait_for(worker.submit(span, n), 30)
             assert worker.broken
@@ -176,9 +166,7 @@ async def test_big_sync_through_the_helper_stores_what_in_process_parsing_stores
     n = 1200
     await seed_imap("127.0.0.1", mailstack.imap_port, mail_user.name, mail_user.password,
                     demo_messages(n, to=("U", mail_user.address)))  # fmt: skip
-    shared = parse_worker.shared()
-    for worker in shared.workers:
-        await _ready(worker)  # (chunks sent before it is ready are parsed here)
+    shared = await shared_ready()  # (chunks sent before it is ready are parsed here)
     answered = shared.answered
     rows, book = [], []
     for use in (True, False):

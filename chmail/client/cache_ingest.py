@@ -92,8 +92,12 @@ class Ingest(LocalChanges):
     def _move_sync(self, folder_id: int, uidvalidity: int, table_no: int) -> None:
         """Stage slot -> messages, on the SQLite thread: each statement is one step, so
         the GIL is released for the whole of it."""
+        self._move_table_sync(folder_id, uidvalidity, cache_stage.Stage.table(table_no))
+
+    def _move_table_sync(self, folder_id: int, uidvalidity: int, table: str) -> None:
+        """The rows of ``table`` (``cache_stage.COLS``) into messages, the folder counts
+        raised by the new ones, and commit."""
         db: sqlite3.Connection = self.conn._conn
-        table = cache_stage.Stage.table(table_no)
         new, unread = db.execute(cache_stage.counts_sql(folder_id, table)).fetchone()
         db.execute(cache_stage.insert_sql(folder_id, uidvalidity, f"SELECT * FROM {table}"))  # noqa: S608
         if new:
@@ -134,15 +138,7 @@ class Ingest(LocalChanges):
             # schema, and an unreadable one fails every statement after it
             db.deserialize(cache_stage.image_of([], []), name=img)
             raise BadImage(str(exc)) from exc
-        table = f"{img}.s"
-        new, unread = db.execute(cache_stage.counts_sql(folder_id, table)).fetchone()
-        db.execute(cache_stage.insert_sql(folder_id, uidvalidity, f"SELECT * FROM {table}"))  # noqa: S608
-        if new:
-            db.execute(
-                "UPDATE folders SET total = total + ?, unread = unread + ? WHERE id = ?",
-                (new, unread, folder_id),
-            )
-        db.commit()
+        self._move_table_sync(folder_id, uidvalidity, f"{img}.s")
         pairs: bytes = packed[0]
         return pairs
 
