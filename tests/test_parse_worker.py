@@ -218,8 +218,9 @@ async def test_unreadable_staged_batch_is_parsed_again_and_stored(tmp_path: Path
     number of rows) is stored from its messages instead: the folder gets every message
     and its counts, and the address book its senders."""
     span, n = _span(0, 60)
-    good = cache_stage.image(parse_span(span))
-    bad_images = [cache_stage.IMAGE_MAGIC + b"\0" * 5000, cache_stage.image(parse_span(span)[:5])]
+    good = cache_stage.image_of(*_expected(span))
+    short = cache_stage.image_of(*_expected(_span(0, 5)[0]))
+    bad_images = [cache_stage.IMAGE_MAGIC + b"\0" * 5000, short]
     for i, image in enumerate([*bad_images, good]):
         cache = await Cache.open(tmp_path / f"c{i}.sqlite3")
         try:

@@ -149,11 +149,6 @@ _ENCODE_PAIRS = msgspec.msgpack.Encoder().encode
 _DECODE_PAIRS = msgspec.msgpack.Decoder(list[tuple[str, str]]).decode
 
 
-def image(msgs: Sequence[NewMessage]) -> bytes:
-    """``msgs`` as a serialized database (``image_of`` their rows and address pairs)."""
-    return image_of(rows(msgs), address_pairs(msgs))
-
-
 def image_of(values: list[tuple[Any, ...]], pairs: list[tuple[str, str]]) -> bytes:
     """A serialized database: table ``s`` (``COLS``: ``values``) and table ``pairs``, one
     row: ``pairs`` packed (``unpack_pairs``), which only the indexing pass reads."""
