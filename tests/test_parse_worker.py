@@ -16,9 +16,10 @@ from chmail.client import cache_stage
 from chmail.client.backends.imap import ImapBackend
 from chmail.client.backends.parse_child import parse_span
 from chmail.client.backends.parse_worker import ParseWorker
-from chmail.client.backends.span_rows import span_rows
+from chmail.client.backends.span_rows import _by_shape, span_rows
 from chmail.client.cache import Cache
 from chmail.client.cache_models import Batch, StagedBatch
+from chmail.client.mime_headers import SYNC_FIELDS
 from chmail.client.sync import Syncer
 from chmail.devmail.seed import demo_messages, seed_imap
 from tests.fixtures.mailstack import MailStack, MailUser
@@ -27,12 +28,32 @@ from tests.fixtures.parse_helpers import ready, shared_ready
 _DEMO = demo_messages(150, start=1_790_000_000)  # (Message-IDs differ per call)
 
 
+_WANTED = {f.lower().encode() for f in SYNC_FIELDS}
+
+
+def _fetched(raw: bytes) -> bytes:
+    """The header block of ``raw`` as a header sync gets it: only the fields it asks for
+    (``BODY[HEADER.FIELDS (...)]``), each with its folded lines, then the blank line."""
+    keep, out = False, []
+    for line in raw.split(b"\r\n\r\n")[0].split(b"\r\n"):
+        if line[:1] not in (b" ", b"\t"):
+            keep = line.split(b":")[0].lower() in _WANTED
+        if keep:
+            out.append(line + b"\r\n")
+    return b"".join(out) + b"\r\n"
+
+
 def _span(first: int = 0, last: int | None = None) -> tuple[bytes, int]:
     """FETCH items of the usual shape (as Dovecot sends them) holding header blocks of
-    many shapes: demo mail (Korean, Japanese, encoded words, replies), a folded header,
-    bare LF, bytes that are no charset, an empty block. Returns (bytes, how many)."""
-    blocks = [raw.split(b"\r\n\r\n")[0] + b"\r\n\r\n" for raw in _DEMO]
+    many shapes: demo mail (Korean, Japanese, encoded words, replies), stamped mail with
+    Cc, a folded header, bare LF, bytes that are no charset, an empty block. Returns
+    (bytes, how many)."""
+    blocks = [_fetched(raw) for raw in _DEMO]
     blocks += [
+        b"From: Shop <ads@mall.example>\r\nTo: a@x, B <b@x>\r\nCc: =?utf-8?b?7JWI64WV?= <c@x>"
+        b"\r\nSubject: Sale\r\nX-CH-Login: shop\r\nX-CH-Port: 40001\r\n"
+        b"X-CH-Host: ch.example:7000\r\nX-CH-Sig: v1.abc \r\n\r\n",
+        b"X-CH-Login: bob\r\nFrom: b@x\r\nX-CH-Port: 40002\r\nCc: d@x\r\n\r\n",
         b"Subject: folded\r\n over two lines\r\nFrom: A <a@x>\r\n\r\n",
         b"Subject: bare LF\nFrom: b@x\n\n",
         b"Subject: \xff\xfe\x80 not a charset\r\nFrom: \xc3(\r\n\r\n",
@@ -96,9 +117,12 @@ async def test_helper_parses_like_the_parent() -> None:
         assert batch.messages() == parse_span(span)  # its fallback
     span, n = _span()
     rows, pairs = _expected(span)
-    assert len(rows) == n == 154
+    assert len(rows) == n == 156
     assert rows[0][8]  # a subject
-    assert rows[-1][0] == 7 + 154
+    assert rows[-1][0] == 7 + 156
+    assert rows[150][12] == (
+        "X-CH-Login: shop\nX-CH-Port: 40001\nX-CH-Host: ch.example:7000\nX-CH-Sig: v1.abc\n"
+    )
     assert ("", "b@x") in pairs
 
 
@@ -117,6 +141,10 @@ def test_rows_by_learned_shape_are_the_rows_of_the_messages() -> None:
         rng.shuffle(items)
         mixed = b"".join(items * 2)  # each shape seen again after it was learned
         assert span_rows(mixed) == _expected(mixed)
+    # and most items were read by a shape: stamped, Cc, replies, encoded words
+    by_shape = [item for item in items if _by_shape(item, 0, [], []) == len(item)]
+    assert len(by_shape) > 140
+    assert any(b"X-CH-Port: 40002" in item for item in by_shape)
 
 
 async def test_helper_that_dies_mid_chunk_loses_nothing() -> None:

@@ -98,19 +98,27 @@ def decoded(fields: dict[bytes, bytes]) -> Decoded:
     to, cc, subject, date, ch_headers, addresses (``NewMessage``'s fields but uid, flags
     and size)."""
     get = fields.get
-    frm_raw, to_raw, cc_raw = get(b"From"), get(b"To"), get(b"Cc")
+    ch = []
+    if not _CH.isdisjoint(fields):
+        ch = [(k, v) for k, v in fields.items() if k in _CH]
+    return decoded_values(tuple(map(get, FIELD_ORDER)), ch)
+
+
+# The fields ``decoded_values`` takes, in its order (a learned shape picks them by group).
+FIELD_ORDER = (
+    b"From", b"To", b"Cc", b"Subject", b"Date", b"Message-ID", b"In-Reply-To", b"References"
+)  # fmt: skip
+
+
+def decoded_values(raw: tuple[bytes | None, ...], ch_raw: list[tuple[bytes, bytes]]) -> Decoded:
+    """``decoded`` of the raw values of ``FIELD_ORDER``'s fields (None or empty: absent)
+    and of the X-CH fields, in block order."""
+    frm_raw, to_raw, cc_raw, subject, date_raw, mid, irt, refs_raw = raw
     frm = _people(frm_raw)[0] if frm_raw else []
     to, to_text = _people(to_raw) if to_raw else ([], "")
     cc, cc_text = _people(cc_raw) if cc_raw else ([], "")
     from_name, from_addr = frm[0] if frm else ("", "")
-    refs_raw = get(b"References")
-    date_raw = get(b"Date")
-    subject = get(b"Subject")
-    mid, irt = get(b"Message-ID"), get(b"In-Reply-To")
-    ch = []
-    if not _CH.isdisjoint(fields):
-        ch = [(k.decode(), v.rstrip(b" \t").decode("ascii", "replace"))
-              for k, v in fields.items() if k in _CH]  # fmt: skip
+    ch = [(k.decode(), v.rstrip(b" \t").decode("ascii", "replace")) for k, v in ch_raw]
     return (
         _one_id(mid) if mid else "",
         _one_id(irt) if irt else "",

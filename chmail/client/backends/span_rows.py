@@ -8,8 +8,9 @@ item -- the FETCH line, each field line in that order, the blank line and the cl
 parenthesis -- so each later item of that shape is one match that hands over every raw
 value at once, instead of a match, a split per line and a dictionary built by hand. A
 match counts only if it ends exactly where the item's literal says the block ends; any
-other item takes the first way. The values then go through the same ``decoded`` as
-``sync_message``'s, and out come the rows ``cache_stage.rows`` would make of
+other item takes the first way. The shape knows which group holds which field, so the
+values go by group number (``Match.group(*picks)``, no dictionary) through the same
+``decoded_values`` as ``sync_message``'s, and out come the rows ``cache_stage.rows`` would make of
 ``parse_child.parse_span``'s messages, and the same address pairs (tests hold them to it).
 """
 
@@ -18,14 +19,17 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 from chmail.client.backends.imap_headers import (
+    _CH,
     _NAME_VALUE,
     _USUAL,
+    FIELD_ORDER,
     SPAN_ITEM,
+    Decoded,
     _split_flags,
-    decoded,
+    decoded_values,
     parse_one,
 )
 from chmail.client.cache_stage import _flags_text, address_pairs, rows
@@ -38,8 +42,18 @@ _HEAD = (
     rb"BODY\[HEADER\.FIELDS \([^)\r\n]*\)\] \{([0-9]+)\}\r\n"
 )
 MAX_SHAPES = 16  # a mailbox has a few; the oldest learned goes first
-# (pattern.match, the field names of its groups 5...) of each shape learned, in order
-_shapes: list[tuple[Callable[[bytes, int], re.Match[bytes] | None], tuple[bytes, ...]]] = []
+
+
+class _Shape(NamedTuple):
+    """One learned field order: its whole-item regex and where its values are."""
+
+    match: Callable[[bytes, int], re.Match[bytes] | None]
+    picks: tuple[int, ...]  # the group of each of FIELD_ORDER's fields (an empty one if absent)
+    ch: tuple[tuple[bytes, int], ...]  # the X-CH fields in block order, and their groups
+    names: tuple[bytes, ...]  # the field names in block order
+
+
+_shapes: list[_Shape] = []
 
 
 def span_rows(span: bytes) -> tuple[list[Row], list[tuple[str, str]]]:
@@ -61,19 +75,17 @@ def span_rows(span: bytes) -> tuple[list[Row], list[tuple[str, str]]]:
 
 def _by_shape(span: bytes, pos: int, out: list[Row], pairs: list[tuple[str, str]]) -> int:
     """The item at ``pos`` by a learned shape; where it ends, or -1."""
-    for match, names in _shapes:
+    for match, picks, ch, _ in _shapes:
         m = match(span, pos)
         # the block (after "}\r\n", before ")\r\n") is exactly the literal
         if m is not None and m.end() - m.end(4) - 6 == int(m[4]):
             try:
-                row, people = _row(
-                    int(m[1]), m[2], int(m[3]), dict(zip(names, m.groups()[4:], strict=True))
-                )
+                values = decoded_values(m.group(*picks), [(k, m[g]) for k, g in ch] if ch else [])
             except Exception:  # (a bug: the item is read the other way)
                 log.exception("header block of UID %s unreadable by its shape", m[1])
                 return -1
-            out.append(row)
-            pairs += people
+            out.append(_row(int(m[1]), m[2], int(m[3]), values))
+            pairs += values[10]
             return m.end()
     return -1
 
@@ -94,15 +106,13 @@ def _by_item(span: bytes, pos: int, out: list[Row], pairs: list[tuple[str, str]]
     return stop + 3  # ")\r\n"
 
 
-def _row(
-    uid: int, flags: bytes, size: int, fields: dict[bytes, bytes]
-) -> tuple[Row, list[tuple[str, str]]]:
-    mid, irt, refs, from_name, from_addr, to, cc, subject, date, ch, people = decoded(fields)
+def _row(uid: int, flags: bytes, size: int, values: Decoded) -> Row:
+    mid, irt, refs, from_name, from_addr, to, cc, subject, date, ch, _ = values
     return (
         uid, mid, irt, " ".join(refs), from_name, from_addr, to, cc, subject, date,
         _flags_text(_split_flags(flags)), size,
         "".join(f"{n}: {v}\n" for n, v in ch) if ch else "",
-    ), people  # fmt: skip
+    )  # fmt: skip
 
 
 def _learn(block: bytes) -> None:
@@ -121,10 +131,16 @@ def _learn(block: bytes) -> None:
         or block.count(b"\n") != n
         or block.count(b"\r") != n
         or not _USUAL.issuperset(names)
-        or any(names == known for _, known in _shapes)
+        or any(names == shape.names for shape in _shapes)
     ):
         return
+    # group 5 on: each field's value in block order, then an empty one for absent fields
     fields = b"".join(re.escape(name) + rb": ([^\r\n]*)\r\n" for name in names)
-    _shapes.append((re.compile(_HEAD + fields + rb"\r\n\)\r\n").match, names))
+    group = {name: 5 + i for i, name in enumerate(names)}
+    empty = 5 + len(names)
+    picks = tuple(group.get(name, empty) for name in FIELD_ORDER)
+    ch = tuple((name, group[name]) for name in names if name in _CH)
+    item = re.compile(_HEAD + fields + rb"\r\n\)\r\n()")
+    _shapes.append(_Shape(item.match, picks, ch, names))
     if len(_shapes) > MAX_SHAPES:
         del _shapes[0]
