@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -289,5 +290,26 @@ async def test_cache_indexed_before_0006_is_reindexed_for_cjk(tmp_path: Path) ->
         await cache.remove_uids(1, [7])
         assert await cache.search("会議") == []
         await cache.conn.execute(check)
+    finally:
+        await cache.close()
+
+
+async def test_indexing_pass_moves_the_log_into_the_database(tmp_path: Path) -> None:
+    """After a store and its indexing pass the write-ahead log is copied into the
+    database file (a reader that opens the file alone sees every message)."""
+    path = tmp_path / "cache.sqlite3"
+    cache = await Cache.open(path)
+    try:
+        f = await cache.upsert_folder("acc", "INBOX")
+        await cache.add_messages(f.id, [_msg(i) for i in range(1, 2001)])
+        await cache.index_pending()
+        # the database file itself, without its log, holds them
+        snapshot = tmp_path / "copy.sqlite3"
+        snapshot.write_bytes(path.read_bytes())
+        db = sqlite3.connect(snapshot)
+        try:
+            assert db.execute("SELECT count(*) FROM messages").fetchone() == (2000,)
+        finally:
+            db.close()
     finally:
         await cache.close()

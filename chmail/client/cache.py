@@ -51,6 +51,11 @@ _MSG_COLS = (
     " m.flags, m.size, m.has_ch, m.ch_headers, m.body_text IS NOT NULL, m.attachments"
 )
 _CHUNK = 500
+# SQLite copies the write-ahead log into the database when it passes this many pages
+# (default 1,000: 4 MB, about what a 10,000-message header sync writes, so the copy and its
+# fsync landed in the middle of the sync). 16,384 pages (64 MB) lets a big sync finish
+# first; the indexing pass after it checkpoints (without waiting for readers).
+WAL_CHECKPOINT_PAGES = 16_384
 SORT_INDEXES = {
     "from": "CREATE INDEX IF NOT EXISTS messages_from ON messages (folder_id, sort_from, date, id)",
     "subject": "CREATE INDEX IF NOT EXISTS messages_subject"
@@ -112,6 +117,7 @@ class Cache(Ingest):
         p = Path(path) if path else default_path()
         p.parent.mkdir(parents=True, exist_ok=True)
         conn = await migrate.connect(p, "client")
+        await conn.execute(f"PRAGMA wal_autocheckpoint={WAL_CHECKPOINT_PAGES}")
         # The search index's text transform, which the indexing pass and the triggers of
         # migrations/client/0006 call: every connection writing messages needs it.
         await conn.create_function("chm_fts", 1, cache_search.fts_text, deterministic=True)

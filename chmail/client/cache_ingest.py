@@ -252,6 +252,8 @@ class Ingest(LocalChanges):
                 ],
             )  # fmt: skip
         db.commit()
+        if rows:  # the log into the file now, not in the next sync (cache.WAL_CHECKPOINT_PAGES)
+            db.execute("PRAGMA wal_checkpoint(PASSIVE)")
         return len(rows)
 
 
