@@ -46,8 +46,8 @@ def _fetched(raw: bytes) -> bytes:
 def _span(first: int = 0, last: int | None = None) -> tuple[bytes, int]:
     """FETCH items of the usual shape (as Dovecot sends them) holding header blocks of
     many shapes: demo mail (Korean, Japanese, encoded words, replies), stamped mail with
-    Cc, a folded header, bare LF, bytes that are no charset, an empty block. Returns
-    (bytes, how many)."""
+    Cc, a folded header, bare LF (a whole block, and one inside a value), bytes that are
+    no charset, an empty block. Returns (bytes, how many)."""
     blocks = [_fetched(raw) for raw in _DEMO]
     blocks += [
         b"From: Shop <ads@mall.example>\r\nTo: a@x, B <b@x>\r\nCc: =?utf-8?b?7JWI64WV?= <c@x>"
@@ -55,6 +55,8 @@ def _span(first: int = 0, last: int | None = None) -> tuple[bytes, int]:
         b"X-CH-Host: ch.example:7000\r\nX-CH-Sig: v1.abc \r\n\r\n",
         b"X-CH-Login: bob\r\nFrom: b@x\r\nX-CH-Port: 40002\r\nCc: d@x\r\n\r\n",
         b"Subject: folded\r\n over two lines\r\nFrom: A <a@x>\r\n\r\n",
+        b"From: e@x\r\nSubject: plain\r\n\r\n",
+        b"From: e@x\r\nSubject: a bare\nLF inside\r\n\r\n",  # (same shape, but for that)
         b"Subject: bare LF\nFrom: b@x\n\n",
         b"Subject: \xff\xfe\x80 not a charset\r\nFrom: \xc3(\r\n\r\n",
         b"",
@@ -117,9 +119,9 @@ async def test_helper_parses_like_the_parent() -> None:
         assert batch.messages() == parse_span(span)  # its fallback
     span, n = _span()
     rows, pairs = _expected(span)
-    assert len(rows) == n == 156
+    assert len(rows) == n == 158
     assert rows[0][8]  # a subject
-    assert rows[-1][0] == 7 + 156
+    assert rows[-1][0] == 7 + 158
     assert rows[150][12] == (
         "X-CH-Login: shop\nX-CH-Port: 40001\nX-CH-Host: ch.example:7000\nX-CH-Sig: v1.abc\n"
     )
