@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
 import random
+import signal
 import sqlite3
 import sys
 from pathlib import Path
@@ -15,7 +17,7 @@ from typing import Any
 from chmail.client import cache_stage
 from chmail.client.backends.imap import ImapBackend
 from chmail.client.backends.parse_child import parse_span
-from chmail.client.backends.parse_worker import ParseWorker
+from chmail.client.backends.parse_worker import ParsePool, ParseWorker
 from chmail.client.backends.span_rows import _by_shape, span_rows
 from chmail.client.cache import Cache
 from chmail.client.cache_models import Batch, StagedBatch
@@ -267,3 +269,47 @@ async def test_unreadable_staged_batch_is_parsed_again_and_stored(tmp_path: Path
             assert await cache.addresses("", 5)  # the senders are in the address book
         finally:
             await cache.close()
+
+
+async def test_pool_gives_no_chunk_to_a_helper_still_starting() -> None:
+    """While one helper is still starting and the other is ready, every chunk goes to
+    the ready one (none is parsed in the parent, which is slower)."""
+    pool = ParsePool(2)
+    starting = ParseWorker([sys.executable, "-c", "import sys; sys.stdin.buffer.read()"])
+    pool.workers = [starting, ParseWorker()]
+    try:
+        assert pool.start()
+        await ready(pool.workers[1])
+        chunks = [_span(i, i + 20) for i in range(0, 80, 20)]
+        got = [await asyncio.wait_for(pool.submit(span, n), 30) for span, n in chunks]
+        assert all(isinstance(b, StagedBatch) for b in got)
+        assert pool.workers[1].answered == len(chunks)
+        assert starting.load() == (True, 0)
+    finally:
+        pool.close()
+
+
+async def test_pool_sends_chunks_to_the_helper_owing_fewest() -> None:
+    """A helper that stops answering gets no more chunks while the other keeps up, and
+    the chunk it held is parsed in the parent when it is found dead: nothing is lost."""
+    stuck_argv = [sys.executable, "-c", READY_PY + "; sys.stdin.buffer.read()"]
+    pool = ParsePool(2)
+    stuck = ParseWorker(stuck_argv)
+    pool.workers = [stuck, ParseWorker()]
+    try:
+        for w in pool.workers:
+            await ready(w)
+        chunks = [_span(i, i + 20) for i in range(0, 100, 20)]
+        first = pool.submit(*chunks[0])  # both idle: the first in turn takes it
+        assert stuck.load() == (False, 1)
+        for span, n in chunks[1:]:  # one at a time, each answered before the next
+            await asyncio.wait_for(pool.submit(span, n), 30)
+        assert stuck.load() == (False, 1)  # the first chunk only (then it was busy)
+        assert pool.workers[1].answered == len(chunks) - 1
+        assert stuck.pid is not None
+        os.kill(stuck.pid, signal.SIGKILL)
+        held = await asyncio.wait_for(first, 30)  # the stuck helper's
+        assert _fields(held) == _fields(parse_span(chunks[0][0]))  # type: ignore[arg-type]
+        assert stuck.broken
+    finally:
+        pool.close()

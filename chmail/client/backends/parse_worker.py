@@ -6,9 +6,9 @@ largest part and need nothing but the bytes, so for a big FETCH (``WORKER_MIN`` 
 or more) the reader only finds where each message ends (one regex match) and ships the
 FETCH's bytes, as they came, in chunks of about ``CHUNK`` messages to the helpers
 (``ParsePool``: ``HELPERS`` processes ``python -m chmail.client.backends.parse_child``,
-taking chunks in turn), which parse them (``span_rows``: the same reading as
-``sync_message``) and send each back as cache rows; the loop meanwhile reads on and hands
-what has come back, in order, to the cache.
+each chunk to the ready one owing the fewest), which parse them (``span_rows``: the same
+reading as ``sync_message``) and send each back as cache rows; the loop meanwhile reads on
+and hands what has come back, in order, to the cache.
 
 Wire, both ways over the helper's stdin/stdout: frames of a 4-byte big-endian length and a
 body. The helper first says ``READY`` (an empty frame) once it has imported what it needs;
@@ -81,6 +81,12 @@ class ParseWorker:
         self._started = False  # it said READY
         self._timer: asyncio.TimerHandle | None = None
         self.broken = False
+
+    def load(self) -> tuple[bool, int]:
+        """What a pool weighs when it picks a helper: (not ready to parse, chunks sent and
+        not answered yet); a helper still starting counts as busier than any ready one."""
+        ready = self._proc is not None and self._proc.poll() is None and self._ready()
+        return not ready, len(self._owed)
 
     @property
     def pid(self) -> int | None:
@@ -356,12 +362,12 @@ class WorkerBatches:
 
 
 class ParsePool:
-    """``HELPERS`` helpers taking chunks in turn (``WorkerBatches`` puts the answers back
+    """``HELPERS`` helpers sharing the chunks (``WorkerBatches`` puts the answers back
     in order): parsing and staging a chunk costs the helper more than reading it costs
     the loop, so one helper alone is what a big sync waits on."""
 
-    def __init__(self, size: int) -> None:
-        self.workers = [ParseWorker() for _ in range(max(1, size))]
+    def __init__(self, size: int, argv: list[str] | None = None) -> None:
+        self.workers = [ParseWorker(argv) for _ in range(max(1, size))]
         self._next = 0
 
     @property
@@ -373,15 +379,24 @@ class ParsePool:
         return any([w.start() for w in self.workers])  # (a list: start them all)
 
     def submit(self, span: bytes, count: int) -> asyncio.Future[Batch]:
-        """``ParseWorker.submit`` on the next helper still usable (if none is, the chunk
-        is parsed here)."""
+        """``ParseWorker.submit`` on the ready helper owing the fewest chunks, the next
+        in turn among equals: a helper slowed down (sharing its core) gets less, and the
+        last chunks of a sync do not queue behind one helper while the other idles. If
+        none is ready, the next in turn parses it here (ParseWorker.submit)."""
         workers = self.workers
-        for _ in workers:
-            w = workers[self._next]
-            self._next = (self._next + 1) % len(workers)
-            if not w.broken:
-                return w.submit(span, count)
-        return workers[0].submit(span, count)
+        n = len(workers)
+        best, best_load = -1, (True, 0)
+        for i in range(n):
+            k = (self._next + i) % n
+            if workers[k].broken:
+                continue
+            load = workers[k].load()
+            if best < 0 or load < best_load:
+                best, best_load = k, load
+        if best < 0:
+            return workers[0].submit(span, count)
+        self._next = (best + 1) % n
+        return workers[best].submit(span, count)
 
     def close(self) -> None:
         for w in self.workers:
