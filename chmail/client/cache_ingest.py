@@ -252,9 +252,22 @@ class Ingest(LocalChanges):
                 ],
             )  # fmt: skip
         db.commit()
-        if rows:  # the log into the file now, not in the next sync (cache.WAL_CHECKPOINT_PAGES)
-            db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        if rows:
+            self._checkpoint_sync()
         return len(rows)
+
+    def _checkpoint_sync(self) -> None:
+        """Copy the write-ahead log into the database file now, not in the middle of the
+        next sync (cache.WAL_CHECKPOINT_PAGES). From a connection of its own: the cache's
+        connection refuses while any statement of its is unfinished. PASSIVE: it copies
+        what no reader still needs and never waits."""
+        try:
+            with contextlib.closing(sqlite3.connect(self.path, timeout=0)) as db:
+                _, logged, copied = db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        except sqlite3.Error as exc:  # the rows are committed; a later pass copies them
+            log.debug("checkpoint after indexing skipped: %s", exc)
+        else:
+            log.debug("checkpoint after indexing: %s of %s log pages copied", copied, logged)
 
 
 class Sink:
