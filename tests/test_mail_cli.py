@@ -16,6 +16,7 @@ from chmail.client.__main__ import main
 from chmail.devmail.seed import demo_messages, seed_imap
 from chmail.devmail.stack import DevMail
 from tests.fixtures.mailstack import MailStack, MailUser
+from tests.tui_helpers import HOSTILE_MAIL, TERMINAL_CONTROLS
 
 
 def write_config(path: Path, user: MailUser, stack: MailStack) -> Path:
@@ -66,6 +67,33 @@ def test_sync_send_search_show(
     assert "회의실에서" in shown
     assert main(["show", korean_mid, "--raw"]) == 0
     assert "=?euc-kr?B?" in capsys.readouterr().out
+
+
+def test_search_and_show_draw_no_escape_sequence(
+    mailstack: MailStack, mail_user: MailUser, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    """A mail carrying terminal escape sequences is searched and shown with its control
+    characters as visible stand-ins; --raw and --json still give it exactly."""
+    asyncio.run(seed_imap("127.0.0.1", mailstack.imap_port, mail_user.name, mail_user.password,
+                          [HOSTILE_MAIL]))  # fmt: skip
+    monkeypatch.setenv(
+        "CHMAIL_CONFIG", str(write_config(tmp_path / "c.toml", mail_user, mailstack))
+    )
+    assert main(["sync"]) == 0
+    capsys.readouterr()
+    assert main(["search", "invoice"]) == 0
+    listed = capsys.readouterr().out
+    assert "Mal␛[5mlory" in listed
+    assert "Invoice ␛[2J␛[31mpaid" in listed
+    assert main(["search", "invoice", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["subject"].startswith("Invoice \x1b[2J")
+    assert main(["show", "<hostile@example.org>"]) == 0
+    shown = capsys.readouterr().out
+    assert "Hello ␛[2J␛[41mred␛]0;pwned␇ and \ufffd31m C1." in shown
+    assert not TERMINAL_CONTROLS & set(listed + shown)
+    assert main(["show", "<hostile@example.org>", "--raw"]) == 0
+    assert "\x1b[2J" in capsys.readouterr().out
 
 
 def test_send_refuses_header_injection(

@@ -23,6 +23,7 @@ from tests.tui_env import (
     screen_text,
     wait_for,
 )
+from tests.tui_helpers import HOSTILE_MAIL, TERMINAL_CONTROLS
 
 
 async def _inbox_with(user: MailUser, *subjects: str) -> None:
@@ -137,3 +138,28 @@ async def test_draft_is_kept_and_resumed(mail_user: MailUser, tmp_path: Path) ->
         await wait_for(pilot, lambda: isinstance(app.screen, ComposeScreen), "draft reopened")
         assert app.screen.query_one("#subject", Input).value == "Half-written thoughts"
         assert app.screen.query_one("#to", Input).value == "zoe@example.org"
+
+
+async def test_escape_sequences_in_a_mail_are_shown_not_obeyed(
+    mail_user: MailUser, tmp_path: Path
+) -> None:
+    """A mail whose sender, subject, body and attachment name carry terminal escape
+    sequences is listed, read and shown raw with every control character drawn as a
+    visible stand-in (ESC as ␛): none reaches the terminal."""
+    await deliver(mail_user, HOSTILE_MAIL)
+    async with running_tui(config_for(mail_user, None), tmp_path) as (app, pilot):
+        ml = app.screen.query_one(MessageList)
+        await wait_for(pilot, lambda: ml.total == 1, "the row")
+        await wait_for(pilot, lambda: "Invoice ␛[2J␛[31mpaid" in screen_text(app), "the row")
+        listed = screen_text(app)
+        assert "Mal␛[5mlory" in listed
+        assert not TERMINAL_CONTROLS & set(listed)
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: "Hello ␛[2J" in screen_text(app), "the body")
+        shown = screen_text(app)
+        assert "␛[41mred␛]0;pwned␇ and \ufffd31m C1." in shown
+        assert "a[8mb.pdf" in shown  # the attachment's name (controls dropped: a file name)
+        assert not TERMINAL_CONTROLS & set(shown)
+        await pilot.press("V")
+        await wait_for(pilot, lambda: "Content-Disposition" in screen_text(app), "the source")
+        assert not TERMINAL_CONTROLS & set(screen_text(app))

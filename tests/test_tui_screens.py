@@ -11,22 +11,26 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
+from textual.app import App, ComposeResult
 from textual.pilot import Pilot
 from textual.widgets import DataTable, Input
 
 from chmail import config as cfgmod
 from chmail.client.cache import Cache
+from chmail.client.tui.api import ChatLine, Ring
 from chmail.client.tui.app import ChmailApp
 from chmail.client.tui.engine_mail import AccountEngine, CacheMail
 from chmail.client.tui.screens.help import HelpScreen
+from chmail.client.tui.screens.ring import RingScreen
 from chmail.client.tui.screens.setup import SetupScreen, build_config
 from chmail.client.tui.setup_app import SetupApp
+from chmail.client.tui.widgets.chat_pane import ChatPane
 from chmail.client.tui.widgets.message_list import MessageList
 from chmail.client.tui.widgets.status import StatusBar
 from chmail.config import AccountConfig, Config, UiConfig
 from chmail.errors import ConfigError
-from tests.tui_env import wait_for
-from tests.tui_helpers import fill, make_cache, new_message
+from tests.tui_env import screen_text, wait_for
+from tests.tui_helpers import TERMINAL_CONTROLS, fill, make_cache, new_message
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -34,7 +38,7 @@ ROOT = Path(__file__).resolve().parent.parent
 @asynccontextmanager
 async def cached_app(cache: Cache, **ui: object) -> AsyncIterator[tuple[ChmailApp, Pilot[None]]]:
     acc = AccountConfig(name="alice", email="alice@example.org")
-    config = Config(accounts=(acc,), ui=UiConfig(**ui))  # type: ignore[arg-type]
+    config = Config(accounts=(acc,), ui=UiConfig(**ui))
     app = ChmailApp(config, CacheMail(cache, {"alice": AccountEngine(acc)}), None, sync=False)
     async with app.run_test(size=(120, 36)) as pilot:
         yield app, pilot
@@ -176,3 +180,31 @@ def test_bench_smoke() -> None:
     last = json.loads(out.stdout.strip().splitlines()[-1])
     assert last["messages"] == 1500
     assert {"first_paint_ms", "scroll_1000_ms", "rss_mib"} <= set(last)
+
+
+class _ChatHost(App[None]):
+    def compose(self) -> ComposeResult:
+        yield ChatPane("s1", "pe\x1b[5mer", "Sub[b]ject\x07", me="me")
+
+
+async def test_chat_and_ring_show_outside_text_as_text() -> None:
+    """A peer's name and chat line, and a ring's caller, subject and context, carrying
+    escape sequences and markup, are shown literally: controls as visible stand-ins,
+    brackets as brackets (never a style or a clickable action)."""
+    app = _ChatHost()
+    async with app.run_test(size=(100, 30)) as pilot:
+        pane = app.query_one(ChatPane)
+        pane.add_line(ChatLine("s1", 1, "pe\x1b[5mer", "hi \x1b[2J[red]x[/red]", 0.0))
+        await wait_for(pilot, lambda: "[red]x[/red]" in screen_text(app), "the chat line")
+        text = screen_text(app)
+        assert "hi ␛[2J[red]x[/red]" in text
+        assert "Chat with pe␛[5mer  — Sub[b]ject␇" in text
+        assert not TERMINAL_CONTROLS & set(text)
+        ring = Ring("s2", "mal\x9blory", "[@click=app.quit]win[/]", context="a\x1b]0;t\x07b")
+        app.push_screen(RingScreen(ring))
+        await wait_for(pilot, lambda: "wants to chat" in screen_text(app), "the ring")
+        text = screen_text(app)
+        assert "mal\ufffdlory wants to chat about:" in text
+        assert "“[@click=app.quit]win[/]”" in text
+        assert "a␛]0;t␇b" in text
+        assert not TERMINAL_CONTROLS & set(text)

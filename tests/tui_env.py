@@ -11,6 +11,7 @@ from email.utils import make_msgid
 from pathlib import Path
 from typing import Any
 
+from textual.app import App
 from textual.pilot import Pilot
 
 from chmail import config as cfgmod
@@ -81,7 +82,7 @@ async def wait_for(pilot: Pilot[Any], cond: Callable[[], Any], what: str = "") -
         await pilot.pause(0.05)
 
 
-def screen_text(app: ChmailApp) -> str:
+def screen_text(app: App[Any]) -> str:
     """Everything the user sees, as plain text."""
     return "\n".join(strip.text for strip in app.screen._compositor.render_strips())
 

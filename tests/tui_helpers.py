@@ -24,6 +24,23 @@ SUBJECTS = [
     "Invoice 2026-11",
     "Meeting notes",
 ]
+# Escape sequences a hostile mail carries: clear the screen, paint red, set the window
+# title (OSC ... BEL), and the one-byte C1 CSI.
+HOSTILE_MAIL = (
+    b"From: =?utf-8?q?Mal=1B[5mlory?= <mallory@example.org>\r\n"
+    b"To: someone@example.org\r\n"
+    b"Subject: =?utf-8?q?Invoice_=1B[2J=1B[31mpaid=1B]0;pwned=07?=\r\n"
+    b"Date: Sat, 21 Nov 2026 10:00:00 +0000\r\n"
+    b"Message-ID: <hostile@example.org>\r\n"
+    b"MIME-Version: 1.0\r\n"
+    b"Content-Type: multipart/mixed; boundary=b\r\n\r\n"
+    b"--b\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n"
+    b"Hello \x1b[2J\x1b[41mred\x1b]0;pwned\x07 and \xc2\x9b31m C1.\r\n"
+    b"--b\r\nContent-Type: application/octet-stream\r\n"
+    b'Content-Disposition: attachment; filename="a\x1b[8mb.pdf"\r\n\r\nxyz\r\n--b--\r\n'
+)
+# What a terminal would obey if it reached it (C0 but the line feed, DEL, C1).
+TERMINAL_CONTROLS = {chr(c) for c in [*range(0x00, 0x0A), *range(0x0B, 0x20), *range(0x7F, 0xA0)]}
 BASE_TS = 1_600_000_000  # 2020-09-13: a fixed past instant, so snapshots do not move
 
 

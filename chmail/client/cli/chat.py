@@ -43,6 +43,7 @@ from chmail.client.chatsession import (
     SessionClient,
 )
 from chmail.client.cli import print_json
+from chmail.client.safe_text import block, one_line
 from chmail.errors import ChatError
 
 BELL = "\a"
@@ -78,7 +79,7 @@ def register(sub: Any) -> None:
 
 
 def note(text: str) -> None:
-    print(f"* {text}", file=sys.stderr, flush=True)
+    print(f"* {one_line(text)}", file=sys.stderr, flush=True)
 
 
 # ----------------------------------------------------------------------------- alarms
@@ -101,7 +102,8 @@ async def run_alarms(args: argparse.Namespace) -> int:
         when = time.strftime("%Y-%m-%d %H:%M", time.localtime(float(str(a["at"]))))
         subject = f" about “{a['subject']}”" if a.get("subject") else ""
         seen = "" if not a.get("seen") else " (seen)"
-        print(f"{when}  {a['caller']} called{subject}  {a.get('message_id', '')}{seen}")
+        line = f"{a['caller']} called{subject}  {a.get('message_id', '')}{seen}"
+        print(f"{when}  {one_line(line)}")
     return 0
 
 
@@ -305,7 +307,7 @@ async def show(session: SessionClient) -> None:
     while True:
         ev = await session.events.get()
         if isinstance(ev, Line) and not ev.mine:
-            print(f"{ev.login}: {ev.text}", flush=True)
+            print(f"{one_line(ev.login)}: {block(ev.text)}", flush=True)
             session.mark_read(ev.seq)
         elif isinstance(ev, MemberEvent):
             note(f"{ev.login} {ev.state}" if ev.state != "away" else f"{ev.login} went away")

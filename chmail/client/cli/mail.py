@@ -16,6 +16,7 @@ from chmail.client import mime
 from chmail.client.accounts import open_account
 from chmail.client.cache import Cache, Message
 from chmail.client.cli import print_json
+from chmail.client.safe_text import block, one_line
 from chmail.errors import ChmailError, ConnectionLost, MailError, SendError
 
 
@@ -201,7 +202,8 @@ async def cmd_search(args: argparse.Namespace) -> int:
         return 0
     for m in found:
         when = dt.datetime.fromtimestamp(m.date).strftime("%Y-%m-%d %H:%M") if m.date else "-"
-        print(f"{when}  {m.sender[:24]:24}  {m.subject[:60]:60}  {m.message_id}")
+        sender, subject = one_line(m.sender[:24]), one_line(m.subject[:60])
+        print(f"{when}  {sender:24}  {subject:60}  {one_line(m.message_id)}")
     if not found:
         print("no match", file=sys.stderr)
     return 0
@@ -224,23 +226,25 @@ async def cmd_show(args: argparse.Namespace) -> int:
                 await account.close()
     finally:
         await cache.close()
-    if args.raw:
+    if args.raw:  # (exactly as it came, for a pipe: not made safe for a terminal)
         sys.stdout.buffer.write(raw)
         return 0
-    p = mime.parse(raw)
+    p = mime.parse(raw)  # shown, its control characters as visible stand-ins (safe_text)
     for name in ("Date", "From", "To", "Cc", "Subject", "Message-ID"):
         value = p.header(name)
         if value:
-            print(f"{name}: {value}")
+            print(f"{name}: {one_line(value)}")
     link = [(n, v) for n, v in p.raw_headers if n.lower().startswith("x-ch-")]
     if link:
-        print("Chat: " + ", ".join(f"{n}={v}" for n, v in link if n.lower() != "x-ch-sig"))
+        chat = ", ".join(f"{n}={v}" for n, v in link if n.lower() != "x-ch-sig")
+        print("Chat: " + one_line(chat))
     print()
-    print(p.text.rstrip("\n"))
+    print(block(p.text.rstrip("\n")))
     if p.attachments:
         print()
         for a in p.attachments:
-            print(f"[attachment {a.index}] {a.filename} ({a.content_type}, {a.size} bytes)")
+            about = f"{a.filename} ({a.content_type}, {a.size} bytes)"
+            print(f"[attachment {a.index}] {one_line(about)}")
     if args.save_attachments:
         for a in p.attachments:
             print(f"saved {mime.save_attachment(raw, a, args.save_attachments)}", file=sys.stderr)

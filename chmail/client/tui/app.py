@@ -9,12 +9,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from textual.app import App
 from textual.binding import Binding, BindingType
 from textual.timer import Timer
 
+from chmail.client.safe_text import one_line
 from chmail.client.tui import chat_actions
 from chmail.client.tui.api import AlarmItem, ChatApi, ChatLine, MailApi, Ring
 from chmail.client.tui.first_view import first_view
@@ -70,10 +71,15 @@ class ChmailApp(App[None]):
         await asyncio.wait([self.first_view], timeout=FIRST_VIEW_WAIT_S)
         self.push_screen(MainScreen())
 
+    def say(self, message: str, **kw: Any) -> None:
+        """``notify`` for text that may quote a server or a peer: control characters
+        shown, not obeyed (safe_text.py), and no markup read in it."""
+        self.notify(one_line(message), markup=False, **kw)
+
     def main_ready(self) -> None:
         """The main screen is up: start the chat link and the first sync."""
         for note in self.startup_notes:
-            self.notify(note, severity="warning", timeout=10)
+            self.say(note, severity="warning", timeout=10)
         if self.chat is not None:
             self.run_worker(self._start_chat(), group="chat-start")
         if self.auto_sync:
@@ -188,14 +194,14 @@ class ChmailApp(App[None]):
             return
         if accept and main is not None:
             if self.screen is not main and not isinstance(self.screen, RingScreen):
-                self.notify(f"Chat with {ring.caller} is open on the main screen.")
+                self.say(f"Chat with {ring.caller} is open on the main screen.")
             chat_actions.open_pane(main, ring.session, ring.caller, ring.subject, "connected")
 
     def on_ring_gone(self, session: str, reason: str) -> None:
         screen = self.rings.pop(session, None)
         if screen is not None and screen.is_attached:
             screen.dismiss(None)
-        self.notify(f"Missed chat: {reason}", severity="warning")
+        self.say(f"Missed chat: {reason}", severity="warning")
 
     def on_chat_open(self, session: str, peer: str, subject: str) -> None:
         main = self.main
@@ -234,7 +240,7 @@ class ChmailApp(App[None]):
         self.alarms.append(alarm)
         if self.config.ui.bell:
             self.bell()
-        self.notify(
+        self.say(
             f"🔔 Missed chat from {alarm.caller}: {alarm.subject}. Press A for alarms.",
             severity="warning",
             timeout=10,

@@ -1,7 +1,8 @@
 """Turn a raw RFC 5322 message into what the reader shows: headers, text, attachments.
 
 Pure: no I/O, no Textual. HTML-only mails are shown as text (html2text); a text/plain
-alternative is preferred when there is one.
+alternative is preferred when there is one. Everything a MailView holds for display is
+safe to draw (safe_text.py: no control character reaches the terminal); ``raw`` is not.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from email.message import EmailMessage
 from email.parser import BytesParser
 
 import html2text
+
+from chmail.client.safe_text import block, one_line
 
 SHOWN_HEADERS = ("From", "To", "Cc", "Date", "Subject")
 
@@ -78,6 +81,7 @@ def parse(raw: bytes) -> MailView:
             text, was_html = html_to_text(content), True
         else:
             text = content
+    text = block(text)
     attachments = []
     for i, part in enumerate(msg.iter_attachments()):
         assert isinstance(part, EmailMessage)
@@ -91,13 +95,13 @@ def parse(raw: bytes) -> MailView:
 
 
 def _clean(value: str) -> str:
-    return re.sub(r"[\r\n\t]+", " ", value).strip()
+    return one_line(re.sub(r"[\r\n\t]+", " ", value).strip())
 
 
 def _safe_name(name: str) -> str:
     """A file name that cannot climb out of the directory it is saved in."""
     name = name.replace("\\", "/").rsplit("/", 1)[-1].strip().lstrip(".")
-    return re.sub(r"[\x00-\x1f]", "", name) or "attachment"
+    return one_line(re.sub(r"[\x00-\x1f]", "", name)) or "attachment"
 
 
 def human_size(n: int) -> str:

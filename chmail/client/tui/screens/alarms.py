@@ -5,12 +5,14 @@ from __future__ import annotations
 import time
 from typing import ClassVar
 
+from rich.text import Text
 from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Static
 
+from chmail.client.safe_text import one_line
 from chmail.client.tui.api import AlarmItem, ChatApi
 from chmail.errors import ChmailError
 
@@ -48,9 +50,14 @@ class AlarmsScreen(Screen[str | None]):
         self.items = list(unique.values())
         for a in sorted(self.items, key=lambda a: a.ts, reverse=True):
             when = time.strftime("%d %b %H:%M", time.localtime(a.ts))
-            table.add_row(when, a.caller, a.subject or "(no subject)", a.kind, key=a.id)
+            # (Text cells: a str cell is read as markup, and these come from outside)
+            who, about, what = (Text(one_line(s)) for s in (a.caller, a.subject, a.kind))
+            table.add_row(when, who, about if a.subject else "(no subject)", what, key=a.id)
         note = "" if self.items else "No alarms. Missed chats will be listed here."
-        self.query_one("#alarms-status", Static).update(note)
+        self._say(note)
+
+    def _say(self, note: str) -> None:
+        self.query_one("#alarms-status", Static).update(Text(one_line(note)))
 
     @work(group="alarms", exclusive=True)
     async def action_refresh(self) -> None:
@@ -59,7 +66,7 @@ class AlarmsScreen(Screen[str | None]):
         try:
             fresh = await self.chat.alarms()
         except ChmailError as exc:
-            self.query_one("#alarms-status", Static).update(f"Could not load alarms: {exc}")
+            self._say(f"Could not load alarms: {exc}")
             return
         ids = {a.id for a in fresh}
         self.items = fresh + [a for a in self.items if a.id not in ids]
@@ -77,7 +84,7 @@ class AlarmsScreen(Screen[str | None]):
         try:
             session = await self.chat.call_back(alarm)
         except ChmailError as exc:
-            self.query_one("#alarms-status", Static).update(f"Cannot call back: {exc}")
+            self._say(f"Cannot call back: {exc}")
             return
         self.dismiss(session)
 

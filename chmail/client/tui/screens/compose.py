@@ -24,6 +24,7 @@ from textual.suggester import Suggester
 from textual.timer import Timer
 from textual.widgets import Footer, Input, Label, Static, TextArea
 
+from chmail.client.safe_text import one_line
 from chmail.client.tui.api import Draft, MailApi
 from chmail.errors import ChmailError
 
@@ -174,7 +175,7 @@ class ComposeScreen(Screen[str | None]):
         try:
             self.draft.draft_id = await self.mail.save_draft(self.draft)
         except ChmailError as exc:
-            self.app.notify(f"Draft not saved: {exc}", severity="error")
+            self.app.notify(one_line(f"Draft not saved: {exc}"), severity="error", markup=False)
         self.dismiss(None)
 
     @work(group="draft", exclusive=True)
@@ -185,7 +186,9 @@ class ComposeScreen(Screen[str | None]):
             try:
                 await self.mail.delete_draft(self.draft.account, self.draft.draft_id)
             except ChmailError as exc:
-                self.app.notify(f"Draft not deleted: {exc}", severity="error")
+                self.app.notify(
+                    one_line(f"Draft not deleted: {exc}"), severity="error", markup=False
+                )
         self.dismiss(None)
 
     def action_external_editor(self) -> None:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+from rich.text import Text
 from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Static
 
+from chmail.client.safe_text import one_line
 from chmail.client.tui.api import ChatApi, QueueItem
 from chmail.errors import ChmailError
 
@@ -53,14 +55,16 @@ class OperatorScreen(Screen[str | None]):
         try:
             self.items = await self.chat.queue()
         except ChmailError as exc:
-            status.update(f"Cannot read the queue: {exc}")
+            status.update(Text(one_line(f"Cannot read the queue: {exc}")))
             return
         table = self.query_one(DataTable)
         table.clear()
         for q in self.items:
             wait = f"{int(q.waiting_s) // 60}m{int(q.waiting_s) % 60:02d}s"
-            table.add_row(q.member, q.campaign, q.product, wait, q.taken_by or "—", key=q.session)
-        status.update(self.note or ("" if self.items else "Nobody is waiting."))
+            cells = (q.member, q.campaign, q.product, wait, q.taken_by or "—")
+            # (Text cells: a str cell is read as markup, and these come from outside)
+            table.add_row(*(Text(one_line(c)) for c in cells), key=q.session)
+        status.update(Text(one_line(self.note or ("" if self.items else "Nobody is waiting."))))
 
     @work(group="queue-take", exclusive=True)
     async def action_take(self) -> None:
@@ -73,7 +77,9 @@ class OperatorScreen(Screen[str | None]):
         try:
             await self.chat.take(key)
         except ChmailError as exc:
-            self.query_one("#queue-status", Static).update(f"Cannot take that chat: {exc}")
+            self.query_one("#queue-status", Static).update(
+                Text(one_line(f"Cannot take that chat: {exc}"))
+            )
             return
         self.dismiss(key)
 
@@ -104,7 +110,7 @@ class OperatorScreen(Screen[str | None]):
             self.note = f"Cannot call {member}: {exc}"
         else:
             self.note = said
-        status.update(self.note)
+        status.update(Text(one_line(self.note)))
 
     def action_close(self) -> None:
         self.dismiss(None)

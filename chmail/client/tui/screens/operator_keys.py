@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, ClassVar
 
+from rich.text import Text
 from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
@@ -23,6 +24,7 @@ from textual.containers import Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Input, OptionList, Static
 
+from chmail.client.safe_text import one_line
 from chmail.errors import ChmailError
 
 if TYPE_CHECKING:
@@ -53,7 +55,7 @@ class CannedScreen(ModalScreen[str | None]):
             yield Static("Canned reply — press its number", id="op-title")
             yield OptionList(
                 *(
-                    f"{i}  {key}: {text}"
+                    Text(one_line(f"{i}  {key}: {text}"))
                     for i, (key, text) in enumerate(self.replies[:MAX_SHOWN], start=1)
                 ),
                 id="canned-list",
@@ -94,7 +96,8 @@ class TagScreen(ModalScreen[list[str] | None]):
 
     def compose(self) -> ComposeResult:
         with Vertical(id="op-pick"):
-            yield Static(f"Interests of {self.member} (comma separated)", id="op-title")
+            title = f"Interests of {one_line(self.member)} (comma separated)"
+            yield Static(Text(title), id="op-title")
             yield Input(placeholder="e.g. trail running, rain jackets", id="tag-input")
 
     @on(Input.Submitted, "#tag-input")

@@ -1,4 +1,4 @@
-"""The raw source of a mail, as it arrived."""
+"""The raw source of a mail, as it arrived (control characters shown, not obeyed)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ from textual.binding import Binding, BindingType
 from textual.containers import VerticalScroll
 from textual.screen import Screen
 from textual.widgets import Footer, Static
+
+from chmail.client.safe_text import block
 
 
 class RawScreen(Screen[None]):
@@ -23,7 +25,7 @@ class RawScreen(Screen[None]):
 
     def compose(self) -> ComposeResult:
         with VerticalScroll(id="raw"):
-            yield Static(Text(self.raw.decode("utf-8", "replace")))
+            yield Static(Text(block(self.raw.decode("utf-8", "replace"))))
         yield Footer()
 
     def on_mount(self) -> None:

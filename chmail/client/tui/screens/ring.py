@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+from rich.text import Text
 from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
@@ -11,6 +12,7 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Button, Static
 
+from chmail.client.safe_text import block, one_line
 from chmail.client.tui.api import Ring
 
 
@@ -31,9 +33,12 @@ class RingScreen(ModalScreen[bool | None]):
     def compose(self) -> ComposeResult:
         with Vertical(id="ring"):
             yield Static("🔔 Incoming chat", id="ring-title")
-            yield Static(f"{self.ring.caller} wants to chat about:", id="ring-caller")
-            yield Static(f"“{self.ring.subject or '(no subject)'}”", id="ring-subject")
-            yield Static(self.ring.context, id="ring-context")
+            # (Text, not a str: a str is read as markup, and these come from outside)
+            caller = one_line(self.ring.caller)
+            yield Static(Text(f"{caller} wants to chat about:"), id="ring-caller")
+            subject = one_line(self.ring.subject or "(no subject)")
+            yield Static(Text(f"“{subject}”"), id="ring-subject")
+            yield Static(Text(block(self.ring.context)), id="ring-context")
             with Horizontal(id="ring-buttons"):
                 yield Button("Accept (y)", id="accept", variant="success")
                 yield Button("Decline (n)", id="decline", variant="error")
@@ -42,7 +47,7 @@ class RingScreen(ModalScreen[bool | None]):
     def set_context(self, context: str) -> None:
         """What the mall's brief says (campaign, product), once it arrives."""
         if context and self.is_attached:
-            self.query_one("#ring-context", Static).update(context)
+            self.query_one("#ring-context", Static).update(Text(block(context)))
 
     def on_mount(self) -> None:
         self.query_one("#accept", Button).focus()

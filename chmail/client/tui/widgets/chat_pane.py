@@ -13,6 +13,7 @@ from textual.containers import Vertical, VerticalScroll
 from textual.message import Message as TMessage
 from textual.widgets import Input, Static
 
+from chmail.client.safe_text import block, one_line
 from chmail.client.tui.api import ChatLine
 
 TYPING_SHOWN_S = 4.0
@@ -91,8 +92,8 @@ class ChatPane(Vertical):
         self.query_one("#chat-input", Input).focus()
 
     def _title(self) -> Text:
-        text = Text(f"Chat with {self.peer}", style="bold")
-        text.append(f"  — {self.subject}\n")
+        text = Text(f"Chat with {one_line(self.peer)}", style="bold")
+        text.append(f"  — {one_line(self.subject)}\n")
         text.append(self.state, style="green" if self.state == "connected" else "yellow")
         return text
 
@@ -126,19 +127,20 @@ class ChatPane(Vertical):
 
     def _tick(self) -> None:
         typing = time.monotonic() < self._typing_until
-        self.query_one("#chat-typing", Static).update(f"{self.peer} is typing…" if typing else "")
+        said = f"{one_line(self.peer)} is typing…" if typing else ""
+        self.query_one("#chat-typing", Static).update(Text(said))
 
     def _render_log(self) -> None:
         text = Text()
         for line in self.lines:
             stamp = time.strftime("%H:%M", time.localtime(line.ts))
-            who = "me" if line.mine else line.sender
+            who = "me" if line.mine else one_line(line.sender)
             text.append(f"{stamp} ", style="dim")
             text.append(f"{who}: ", style="bold cyan" if line.mine else "bold magenta")
-            text.append(line.text + "\n")
+            text.append(block(line.text) + "\n")
         mine = [ln for ln in self.lines if ln.mine]
         if mine and self.peer_read >= mine[-1].seq > 0:
-            text.append(f"✓ read by {self.peer}\n", style="dim green")
+            text.append(f"✓ read by {one_line(self.peer)}\n", style="dim green")
         self.query_one("#chat-log", Static).update(text)
         self.query_one("#chat-scroll", VerticalScroll).scroll_end(animate=False)
 

@@ -11,6 +11,7 @@ from textual.widgets import Tree
 from textual.widgets.tree import TreeNode
 
 from chmail.client.cache_models import Folder
+from chmail.client.safe_text import one_line
 
 # Special-use folders first, in the order people expect them; the rest by name.
 ORDER = {"inbox": 0, "drafts": 1, "sent": 2, "archive": 3, "junk": 4, "trash": 5}
@@ -28,7 +29,7 @@ def folder_key(f: Folder) -> tuple[int, str]:
 
 
 def folder_label(f: Folder) -> Text:
-    text = Text(f.name)
+    text = Text(one_line(f.name))
     if f.unread:
         text.append(f" {f.unread}", style="bold")
     return text

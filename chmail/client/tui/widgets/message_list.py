@@ -28,6 +28,7 @@ from textual.scroll_view import ScrollView
 from textual.strip import Strip
 
 from chmail.client.cache_models import FLAGGED, SEEN, Message
+from chmail.client.safe_text import one_line
 
 PAGE = 200
 MAX_PAGES = 40
@@ -281,11 +282,13 @@ class MessageList(ScrollView, can_focus=True):
             chat, chat_style = " ", base
         date = fmt_date(msg.date).rjust(10)
         sender_w = max(8, min(24, width // 4))
-        sender = set_cell_size((msg.sender or "(unknown)")[: sender_w * 2], sender_w - 1) + " "
+        sender = one_line((msg.sender or "(unknown)")[: sender_w * 2])
+        sender = set_cell_size(sender, sender_w - 1) + " "
         depth = self.source.depth_of(msg) if self.threaded and self.source else 0
         indent = "  " * min(depth, 8) + ("└ " if depth else "")
         used = 4 + 1 + sender_w + 10 + 1
-        subject = set_cell_size(indent + (msg.subject or "(no subject)"), max(0, width - used))
+        subject = indent + one_line(msg.subject or "(no subject)")
+        subject = set_cell_size(subject, max(0, width - used))
         return [
             Segment(new, text_style),
             Segment(flag, st["flag"]),

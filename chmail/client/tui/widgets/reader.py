@@ -7,6 +7,7 @@ from textual.app import ComposeResult
 from textual.containers import VerticalScroll
 from textual.widgets import Static
 
+from chmail.client.safe_text import one_line
 from chmail.client.tui.mailview import MailView, human_size
 
 
@@ -20,7 +21,7 @@ class Reader(VerticalScroll, can_focus=True):
         yield Static(id="reader-attachments")
 
     def clear(self, note: str = "") -> None:
-        self.query_one("#reader-headers", Static).update(note)
+        self.query_one("#reader-headers", Static).update(Text(one_line(note)))
         self.query_one("#reader-chat", Static).update("")
         self.query_one("#reader-body", Static).update("")
         self.query_one("#reader-attachments", Static).update("")
@@ -35,7 +36,7 @@ class Reader(VerticalScroll, can_focus=True):
             head.append(f"{name}: ", style="bold")
             head.append(value + "\n")
         self.query_one("#reader-headers", Static).update(head)
-        self.query_one("#reader-chat", Static).update(chat_line)
+        self.set_chat_line(chat_line)
         body = view.text or "(this mail has no text)"
         if view.was_html:
             body = "[HTML mail shown as text]\n\n" + body
@@ -43,13 +44,12 @@ class Reader(VerticalScroll, can_focus=True):
         if view.attachments:
             att = Text("Attachments (S saves, O opens):\n", style="bold")
             for a in view.attachments:
-                att.append(
-                    f"  {a.index + 1}. {a.filename}  {a.content_type}  {human_size(a.size)}\n"
-                )
+                line = f"{a.index + 1}. {a.filename}  {a.content_type}  {human_size(a.size)}"
+                att.append(f"  {one_line(line)}\n")
         else:
             att = Text()
         self.query_one("#reader-attachments", Static).update(att)
         self.scroll_home(animate=False)
 
     def set_chat_line(self, line: str) -> None:
-        self.query_one("#reader-chat", Static).update(line)
+        self.query_one("#reader-chat", Static).update(Text(one_line(line)))

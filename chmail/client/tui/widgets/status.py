@@ -6,6 +6,8 @@ from rich.text import Text
 from textual.reactive import reactive
 from textual.widgets import Static
 
+from chmail.client.safe_text import one_line
+
 STATE_STYLE = {
     "online": "green",
     "connected": "green",
@@ -33,12 +35,13 @@ class StatusBar(Static):
         text.append(self.mail_state, style=STATE_STYLE.get(self.mail_state, ""))
         text.append("  CH ", style="bold")
         text.append(self.ch_state, style=STATE_STYLE.get(self.ch_state, ""))
+        # (errors and notes may quote a server's words: shown, never obeyed)
         if self.sync:
-            text.append(f"  {self.sync}", style="yellow")
+            text.append(f"  {one_line(self.sync)}", style="yellow")
         if self.error:
-            text.append(f"  {self.error}", style="bold red")
+            text.append(f"  {one_line(self.error)}", style="bold red")
         elif self.note:
-            text.append(f"  {self.note}")
+            text.append(f"  {one_line(self.note)}")
         text.append("   ? help")
         return text
 
