@@ -55,7 +55,7 @@ class AddressSuggester(Suggester):
             if not choice.lower().startswith(prefix.lower()):
                 return None
         lead = head + sep + (" " if sep else "")
-        return lead + choice
+        return lead + one_line(choice)
 
 
 def pick_editor(configured: str) -> str:

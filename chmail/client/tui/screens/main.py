@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, ClassVar
 
+from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
@@ -16,6 +17,7 @@ from textual.screen import Screen
 from textual.widgets import Footer, Input
 
 from chmail.client.cache_models import SEEN, Message
+from chmail.client.safe_text import one_line
 from chmail.client.tui import attachments, chat_actions, compose_actions
 from chmail.client.tui.first_view import FirstView
 from chmail.client.tui.mailview import MailView, parse
@@ -140,7 +142,7 @@ class MainScreen(Screen[None]):
         self.folder = FolderRef(view.account, view.folder)
         tree.select_ref(self.folder)
         self.msg_list.show_loaded(view.source, view.total, view.rows)
-        self.msg_list.border_title = f"{view.account} / {view.folder}  ({self.sort})"
+        self._title(view.account, view.folder)
 
     def open_folder(self, ref: FolderRef) -> None:
         self.folder = ref
@@ -167,7 +169,11 @@ class MainScreen(Screen[None]):
         self.msg_list.threaded = self.threaded and not self.search_query
         self.msg_list.set_source(source, keep_cursor=keep_cursor)
         where = f"search {self.search_query!r}" if self.search_query else self.folder.name
-        self.msg_list.border_title = f"{self.folder.account} / {where}  ({self.sort})"
+        self._title(self.folder.account, where)
+
+    def _title(self, account: str, where: str) -> None:
+        """The list's border title (a Text: a folder name from the server is no markup)."""
+        self.msg_list.border_title = Text(one_line(f"{account} / {where}  ({self.sort})"))
 
     @on(FolderTree.Chosen)
     def _folder_chosen(self, event: FolderTree.Chosen) -> None:
