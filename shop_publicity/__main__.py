@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from chmail import config as chconfig
+from chmail.client.safe_text import one_line
 from chmail.errors import ChmailError, ShopError
 from shop_publicity import board as boardmod
 from shop_publicity import campaigns, members, products, reports
@@ -65,7 +66,8 @@ async def members_list(a: argparse.Namespace, cfg: chconfig.Config, store: Store
         return 0
     for r in rows:
         state = "unsubscribed" if r.unsubscribed_at else ("no consent" if not r.consent else "")
-        print(f"{r.id:>6}  {r.email:<32} {r.name:<24} {', '.join(r.interests):<24} {state}")
+        line = f"{r.email:<32} {r.name:<24} {', '.join(r.interests):<24} {state}"
+        print(f"{r.id:>6}  {one_line(line)}")  # (imported data: shown, never obeyed)
     return 0
 
 
@@ -115,7 +117,7 @@ async def products_list(a: argparse.Namespace, cfg: chconfig.Config, store: Stor
         _out([p.to_json() for p in rows])
     else:
         for p in rows:
-            print(f"{p.sku:<16} {p.title:<40} {p.price}")
+            print(one_line(f"{p.sku:<16} {p.title:<40} {p.price}"))
     return 0
 
 
@@ -221,7 +223,8 @@ async def campaign_status(a: argparse.Namespace, cfg: chconfig.Config, store: St
             f"{s['failed']} failed, {s['skipped']} skipped, {s['pending']} to go"
         )
         for f in s["failures"]:
-            print(f"       {f['email']}: {f['error']}")
+            failure = f"{f['email']}: {f['error']}"
+            print(f"       {one_line(failure)}")  # (a server's words: shown, never obeyed)
     return 0
 
 
