@@ -366,8 +366,8 @@ class ParsePool:
     in order): parsing and staging a chunk costs the helper more than reading it costs
     the loop, so one helper alone is what a big sync waits on."""
 
-    def __init__(self, size: int, argv: list[str] | None = None) -> None:
-        self.workers = [ParseWorker(argv) for _ in range(max(1, size))]
+    def __init__(self, size: int) -> None:
+        self.workers = [ParseWorker() for _ in range(max(1, size))]
         self._next = 0
 
     @property
