@@ -32,6 +32,18 @@ def test_text_headers_and_attachments() -> None:
     assert view.attachments[0].data == b"%PDF-1.4 demo"
 
 
+def test_attachment_name_cannot_fake_its_extension() -> None:
+    """A name using a right-to-left override to look like a PDF (``invoice<RLO>fdp.exe``
+    reads ``invoiceexe.pdf``) is shown, and saved, with the override made visible as a
+    plain character: it reads as the .exe it is."""
+    m = EmailMessage()
+    m["From"] = "x@example.org"
+    m.set_content("see attached")
+    m.add_attachment(b"MZ", maintype="application", subtype="octet-stream",
+                     filename="invoice\u202efdp.exe")  # fmt: skip
+    assert [a.filename for a in parse(bytes(m)).attachments] == ["invoice_fdp.exe"]
+
+
 def test_html_only_mail_is_shown_as_text() -> None:
     """An HTML-only mail is converted to readable text."""
     m = EmailMessage()

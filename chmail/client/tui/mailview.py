@@ -15,6 +15,7 @@ from email.parser import BytesParser
 
 import html2text
 
+from chmail.client.mime import safe_name
 from chmail.client.safe_text import block, one_line
 
 SHOWN_HEADERS = ("From", "To", "Cc", "Date", "Subject")
@@ -88,20 +89,12 @@ def parse(raw: bytes) -> MailView:
         data = part.get_payload(decode=True)
         data = data if isinstance(data, bytes) else b""
         name = part.get_filename() or f"attachment-{i + 1}"
-        attachments.append(
-            Attachment(i, _safe_name(name), part.get_content_type(), len(data), data)
-        )
+        attachments.append(Attachment(i, safe_name(name), part.get_content_type(), len(data), data))
     return MailView(tuple(headers), text, was_html, tuple(attachments), raw)
 
 
 def _clean(value: str) -> str:
     return one_line(re.sub(r"[\r\n\t]+", " ", value).strip())
-
-
-def _safe_name(name: str) -> str:
-    """A file name that cannot climb out of the directory it is saved in."""
-    name = name.replace("\\", "/").rsplit("/", 1)[-1].strip().lstrip(".")
-    return one_line(re.sub(r"[\x00-\x1f]", "", name)) or "attachment"
 
 
 def human_size(n: int) -> str:
